@@ -1,0 +1,101 @@
+"""Level 2: turn config names and checkpoint files into ready modules.
+
+`build_tokenizer` builds from a config; `load_tokenizer` also loads weights from an official checkpoint
+(`"ema"`, else `"model"`, else `"state_dict"`), one of ours, an exported safetensors file or an `hf://` reference,
+strictly: any missing, unexpected or mis-shaped key is an error that lists them.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from gigatok.config import VQConfig, load_config
+from gigatok.infra.checkpoint import (
+    CheckpointError,
+    extract_state_dict,
+    load_state_dict_strict,
+    read_checkpoint,
+    resolve_checkpoint_path,
+)
+from gigatok.tokenizer.vq_model import TOKENIZER_MODELS
+
+# Tables laid out on the 2D latent grid: resampled when a checkpoint is used at another resolution (opt-in).
+_GRID_TABLES = ("positional_embedding", "q_2d")
+
+
+def build_tokenizer(config: VQConfig | str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the tokenizer of `config` (a VQConfig or a YAML path) with freshly initialised weights.
+
+    Pass device="meta" to build the large configs without allocating memory.
+    """
+    if not isinstance(config, VQConfig):
+        config = load_config(config)
+    name = config.model.model_cls
+    if name not in TOKENIZER_MODELS:
+        raise ValueError(f"unknown model.model_cls '{name}'; choose one of {sorted(TOKENIZER_MODELS)}")
+    with torch.device(device):
+        return TOKENIZER_MODELS[name](config.model.init_args)
+
+
+def read_tokenizer_weights(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """State dict of a tokenizer checkpoint: `.safetensors` export, or a torch file with "ema"/"model"/"state_dict"."""
+    path = resolve_checkpoint_path(checkpoint)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return extract_state_dict(read_checkpoint(path), prefer=("ema", "model", "state_dict"), source=str(path))
+
+
+def resample_grid_table(table: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Bicubically resample a (G*G, 1, D) positional table to (grid_size**2, 1, D)."""
+    old = round(table.shape[0] ** 0.5)
+    if old * old != table.shape[0]:
+        raise CheckpointError(f"cannot resample a positional table of {table.shape[0]} rows: not a square grid")
+    grid = table[:, 0].t().reshape(1, -1, old, old).float()  # (G*G, 1, D) -> (1, D, G, G)
+    grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
+    return grid.reshape(-1, grid_size * grid_size).t().unsqueeze(1).to(table.dtype)  # -> (G'*G', 1, D)
+
+
+def _adapt_resolution(state: dict[str, torch.Tensor], model: torch.nn.Module, interpolate: bool,
+                      source: str) -> dict[str, torch.Tensor]:
+    own = model.state_dict()
+    for key, value in state.items():
+        if not key.endswith(_GRID_TABLES) or key not in own or own[key].shape == value.shape:
+            continue
+        if not interpolate:
+            old = round(value.shape[0] ** 0.5) * model.image_size // model.grid_size
+            raise CheckpointError(
+                f"{source} was trained at {old}x{old} px but the config asks for {model.image_size}x{model.image_size} "
+                f"('{key}' has {value.shape[0]} grid positions, the model {own[key].shape[0]}). Absolute positional "
+                "embeddings do not transfer between resolutions by themselves: use the checkpoint's image_size, or "
+                "opt into bicubic resampling with --interpolate-pos-embed (interpolate_pos_embed=True); expect "
+                "some quality loss."
+            )
+        state[key] = resample_grid_table(value, model.grid_size)
+    return state
+
+
+def load_tokenizer(checkpoint: str | os.PathLike | None, config: VQConfig | str | os.PathLike,
+                   device: str | torch.device = "cpu", interpolate_pos_embed: bool = False,
+                   overrides: list[str] | None = None) -> torch.nn.Module:
+    """Build the tokenizer of `config` and load `checkpoint` strictly; returns it in eval mode on `device`.
+
+    Args:
+        checkpoint: local path, `hf://owner/repo/file.pt`, or None for random weights (tests only).
+        config: VQConfig or YAML path (e.g. configs/vq/VQ_XLXXL256.yaml).
+        interpolate_pos_embed: allow using a checkpoint at another image_size by resampling its 2D positional
+            tables (official issue #4); without it a resolution mismatch is a clear error.
+        overrides: `--key=value` config overrides (e.g. ['--model.init_args.image_size=512']).
+    """
+    if not isinstance(config, VQConfig):
+        config = load_config(config, overrides)
+    tokenizer = build_tokenizer(config)
+    if checkpoint is not None:
+        source = str(checkpoint)
+        state = read_tokenizer_weights(checkpoint)
+        state = _adapt_resolution(state, tokenizer, interpolate_pos_embed, source)
+        load_state_dict_strict(tokenizer, state, source=source)
+    return tokenizer.to(device).eval()

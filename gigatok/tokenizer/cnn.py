@@ -1,0 +1,117 @@
+"""CNN encoder (pixels -> 2D feature map) and decoder (2D feature map -> pixels) of the hybrid tokenizer.
+
+Keys follow the official `Encoder`/`Decoder` (`conv_in`, `conv_blocks.{i}.res.{j}`, `conv_blocks.{i}.downsample`,
+`conv_blocks.{i}.upsample`, `mid.{j}`, `adaptive.{i}`, `norm_out`, `conv_out`).
+
+Shape letters: B batch, C channels, H/W spatial size, Cz = z_channels, f = 2**(levels-1) downsampling factor.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gigatok.layers.conv import (
+    AdaptiveGroupNorm,
+    D2SUpsampler,
+    Downsample,
+    NearestUpsample,
+    ResnetBlock,
+    group_norm,
+    style_statistics,
+)
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) in [-1, 1] -> (B, Cz, H/f, W/f).
+
+    Args:
+        ch: base channels; level i has ch * ch_mult[i] channels.
+        ch_mult: per-level multipliers; every level but the last halves the resolution.
+        num_res_blocks: ResnetBlocks per level.
+        z_channels: Cz.
+    """
+
+    def __init__(self, ch: int = 128, ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4), num_res_blocks: int = 2,
+                 z_channels: int = 256, dropout: float = 0.0, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.conv_blocks = nn.ModuleList()
+        block_in = ch
+        for level, mult in enumerate(ch_mult):
+            block = nn.Module()
+            res = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                res.append(ResnetBlock(block_in, ch * mult, dropout))
+                block_in = ch * mult
+            block.res = res
+            if level != len(ch_mult) - 1:
+                block.downsample = Downsample(block_in)
+            self.conv_blocks.append(block)
+        self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, dropout), ResnetBlock(block_in, block_in, dropout)])
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for block in self.conv_blocks:
+            for res in block.res:
+                h = res(h)
+            if hasattr(block, "downsample"):
+                h = block.downsample(h)
+        for res in self.mid:
+            h = res(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """(B, Cz, h, w) -> (B, 3, h*f, w*f), not clamped.
+
+    Args:
+        adaptive_gn: modulate each up-level's input with AdaptiveGroupNorm conditioned on the decoder input.
+        d2s_up: upsample with conv + DCR depth-to-space (else nearest + conv).
+    """
+
+    def __init__(self, ch: int = 128, ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4), num_res_blocks: int = 2,
+                 z_channels: int = 256, dropout: float = 0.0, out_channels: int = 3, adaptive_gn: bool = False,
+                 d2s_up: bool = False) -> None:
+        super().__init__()
+        block_in = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
+        self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, dropout), ResnetBlock(block_in, block_in, dropout)])
+        self.adaptive = nn.ModuleList() if adaptive_gn else None
+        self.conv_blocks = nn.ModuleList()
+        for level, mult in enumerate(reversed(ch_mult)):
+            if adaptive_gn:
+                self.adaptive.append(AdaptiveGroupNorm(z_channels, block_in))
+            block = nn.Module()
+            res = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                res.append(ResnetBlock(block_in, ch * mult, dropout))
+                block_in = ch * mult
+            block.res = res
+            if level != len(ch_mult) - 1:
+                block.upsample = D2SUpsampler(block_in) if d2s_up else NearestUpsample(block_in)
+            self.conv_blocks.append(block)
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the final conv (for the adaptive GAN-loss weight)."""
+        return self.conv_out.weight
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        style = style_statistics(z.float()) if self.adaptive is not None else None
+        h = self.conv_in(z)
+        for res in self.mid:
+            h = res(h)
+        for level, block in enumerate(self.conv_blocks):
+            if self.adaptive is not None:
+                std, mean = style
+                h = self.adaptive[level](h, std.to(h.dtype), mean.to(h.dtype))
+            for res in block.res:
+                h = res(h)
+            if hasattr(block, "upsample"):
+                h = block.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

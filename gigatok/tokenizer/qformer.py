@@ -1,0 +1,246 @@
+"""Q-Former encoder/decoder between the CNN's 2D feature map and the 1D (or 2D) latent tokens.
+
+`QFormerEncoder` (official `ViTEncoder`, key prefix `s2to1encoder.`): 2D features -> L latent tokens, whose queries
+are initialised by multi-level average pooling of the embedded 2D map (coarse to fine).
+`QFormerDecoder` (official `ViTDecoder`, `s1to2decoder.`): L latent tokens -> 2D feature map; the 2D queries start
+as copies of the first latent token. Its layer `distill_depth` feeds the distill MLP (semantic regularisation).
+`ViTEncoder2D` / `ViTDecoder2D` (`s2dencoder.` / `s2ddecoder.`): the 2D-token variant.
+
+Shape letters: B batch, Cz z_channels, G grid side (image_size / f), N = G*G 2D tokens, L latent tokens,
+D transformer width, Do distill output dim.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gigatok.layers.attention import QFormerLayer, ViTLayer
+
+
+def multi_level_queries(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Average-pool a 2D map into `num_tokens` = 2**n queries, coarse to fine.
+
+    Groups: the global mean twice, then grids (h x w) of 1x2, 2x2, 2x4, 4x4, ... (the width is split first),
+    2**(g-1) tokens in group g, raster order inside each group.
+
+    Args:
+        x: (B, D, G, G).
+    Returns:
+        (B, num_tokens, D).
+    """
+    n_level = round(math.log2(num_tokens))
+    if 2**n_level != num_tokens:
+        raise ValueError(f"multi-level query init needs a power-of-two num_latent_tokens, got {num_tokens}")
+    _, _, gh, gw = x.shape
+    groups = []
+    for group in range(n_level + 1):
+        level = max(group - 1, 0)
+        w_blocks, h_blocks = 2 ** ((level + 1) // 2), 2 ** (level // 2)
+        if gh % h_blocks or gw % w_blocks:
+            raise ValueError(f"a {gh}x{gw} grid cannot be pooled into {h_blocks}x{w_blocks} blocks; use fewer "
+                             f"latent tokens or a larger image_size")
+        pooled = F.avg_pool2d(x, kernel_size=(gh // h_blocks, gw // w_blocks))  # (B, D, h_blocks, w_blocks)
+        groups.append(pooled.flatten(2).transpose(1, 2))  # -> (B, h_blocks*w_blocks, D)
+    return torch.cat(groups, dim=1)
+
+
+def _pos_table(rows: int, width: int) -> nn.Parameter:
+    """Learned absolute positions (rows, 1, D), init width**-0.5 * N(0, 1) (official layout, sequence-first)."""
+    return nn.Parameter(width**-0.5 * torch.randn(rows, 1, width))
+
+
+def _tokens(pos: nn.Parameter) -> torch.Tensor:
+    return pos.transpose(0, 1)  # (rows, 1, D) -> (1, rows, D), broadcast over the batch
+
+
+class QFormerEncoder(nn.Module):
+    """2D feature map (B, Cz, G, G) -> latent tokens (B, Cz, 1, L) (the official "fake 2D" layout).
+
+    Args:
+        query_init: "multi_level" (all released 1D configs), "learnable" (`query_1d`) or "global" (global
+            mean repeated L times).
+    """
+
+    def __init__(self, grid_size: int, width: int, num_layers: int, num_heads: int, num_latent_tokens: int,
+                 token_size: int, dropout: float = 0.0, query_init: str = "multi_level",
+                 use_qk_norm: bool = False) -> None:
+        super().__init__()
+        self.grid_size, self.width, self.num_latent_tokens, self.query_init = grid_size, width, num_latent_tokens, query_init
+        self.encoder_embed = nn.Linear(token_size, width)
+        self.ln_pre = nn.LayerNorm(token_size)
+        self.positional_embedding = _pos_table(grid_size**2, width)
+        self.latent_token_positional_embedding = _pos_table(num_latent_tokens, width)
+        if query_init == "learnable":
+            self.query_1d = _pos_table(num_latent_tokens, width)
+        else:
+            self.global_proj = nn.Linear(width, width)
+        self.transformer = nn.ModuleList(
+            [QFormerLayer(width, num_heads, 4.0, dropout, use_qk_norm) for _ in range(num_layers)]
+        )
+        self.ln_post = nn.LayerNorm(width)
+        self.conv_out = nn.Conv2d(width, token_size, kernel_size=1)
+
+    def forward(self, s: torch.Tensor, return_feat: bool = False) -> torch.Tensor:
+        """s (B, Cz, G, G) -> (B, Cz, 1, L); with `return_feat`, the pre-`conv_out` features (B, D, 1, L)."""
+        b = s.shape[0]
+        x = self.encoder_embed(self.ln_pre(s.flatten(2).transpose(1, 2)))  # (B, Cz, G, G) -> (B, N, D)
+        if self.query_init == "multi_level":
+            grid = x.transpose(1, 2).reshape(b, self.width, self.grid_size, self.grid_size)  # -> (B, D, G, G)
+            queries = self.global_proj(multi_level_queries(grid, self.num_latent_tokens))  # (B, L, D)
+        elif self.query_init == "learnable":
+            queries = _tokens(self.query_1d).expand(b, -1, -1).to(x.dtype)
+        else:
+            queries = self.global_proj(x.mean(dim=1, keepdim=True)).expand(-1, self.num_latent_tokens, -1)
+        pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, N, D)
+        query_pos = _tokens(self.latent_token_positional_embedding).to(x.dtype)  # (1, L, D)
+        memory_with_pos = x + pos  # identical for every layer: computed once
+        for layer in self.transformer:
+            queries = layer(queries, x, pos, query_pos, memory_with_pos=memory_with_pos)
+        h = self.ln_post(queries).transpose(1, 2).unsqueeze(2)  # (B, L, D) -> (B, D, 1, L)
+        return h if return_feat else self.conv_out(h)
+
+
+class QFormerDecoder(nn.Module):
+    """Latent tokens (B, Cz, 1, L) -> 2D feature map (B, Cz, G, G), plus the distill features.
+
+    Args:
+        distill_depth: 1-indexed layer whose output feeds `distill_mlp` (None: no MLP).
+        out_inner_dim: Do, the teacher's feature width.
+        query_init: "first_token" (released configs) or "learnable" (`q_2d`).
+    """
+
+    def __init__(self, grid_size: int, width: int, num_layers: int, num_heads: int, num_latent_tokens: int,
+                 token_size: int, dropout: float = 0.0, distill_depth: int | None = None, out_inner_dim: int = 768,
+                 query_init: str = "first_token", use_qk_norm: bool = False) -> None:
+        super().__init__()
+        self.grid_size, self.width, self.distill_depth, self.query_init = grid_size, width, distill_depth, query_init
+        self.decoder_embed = nn.Linear(token_size, width)
+        self.ln_pre = nn.LayerNorm(token_size)
+        if query_init == "learnable":
+            self.q_2d = _pos_table(grid_size**2, width)
+        self.positional_embedding = _pos_table(grid_size**2, width)
+        self.latent_token_positional_embedding = _pos_table(num_latent_tokens, width)
+        self.transformer = nn.ModuleList(
+            [QFormerLayer(width, num_heads, 4.0, dropout, use_qk_norm) for _ in range(num_layers)]
+        )
+        self.ln_post = nn.LayerNorm(width)
+        self.conv_out = nn.Conv2d(width, token_size, kernel_size=3, padding=1)
+        if distill_depth is not None:
+            if not 1 <= distill_depth <= num_layers:
+                raise ValueError(f"distill_depth {distill_depth} must be in 1..{num_layers} (decoder layers)")
+            self.distill_mlp = nn.Sequential(
+                nn.Linear(width, width * 4), nn.SiLU(), nn.Linear(width * 4, width * 4), nn.SiLU(),
+                nn.Linear(width * 4, out_inner_dim),
+            )
+
+    def forward(self, quant: torch.Tensor, ret_inner_feat: bool = False,
+                return_feat: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """quant (B, Cz, 1, L) -> (rec_spatial (B, Cz, G, G), inner (B, N, Do) or None).
+
+        With `return_feat`, stops after layer `distill_depth` and returns (None, raw states (B, N, D)).
+        """
+        b, c, h, w = quant.shape
+        x = self.decoder_embed(self.ln_pre(quant.reshape(b, c * h, w).transpose(1, 2)))  # -> (B, L, D)
+        n = self.grid_size**2
+        if self.query_init == "learnable":
+            queries = _tokens(self.q_2d).expand(b, -1, -1).to(x.dtype)
+        else:
+            queries = x[:, :1].expand(-1, n, -1)  # (B, 1, D) -> (B, N, D)
+        query_pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, N, D)
+        pos = _tokens(self.latent_token_positional_embedding)[:, :w].to(x.dtype)  # (1, L, D)
+        memory_with_pos = x + pos
+        inner = None
+        for i, layer in enumerate(self.transformer, start=1):
+            queries = layer(queries, x, pos, query_pos, memory_with_pos=memory_with_pos)
+            if i == self.distill_depth:
+                if return_feat:
+                    return None, queries
+                if ret_inner_feat:
+                    inner = self.distill_mlp(queries)
+        out = self.ln_post(queries).transpose(1, 2).reshape(b, self.width, self.grid_size, self.grid_size)  # (B, D, G, G)
+        return self.conv_out(out), inner
+
+
+class ViTEncoder2D(nn.Module):
+    """2D-token encoder: (B, Cz, G, G) -> (B, Cz, G, G).
+
+    Args:
+        layer_type: "TransformerLayer" (plain ViT blocks, positions added once) or "TransformerDecoderLayer"
+            (DETR layers attending to their own current states, positions added to queries and keys each layer).
+    """
+
+    def __init__(self, grid_size: int, width: int, num_layers: int, num_heads: int, token_size: int,
+                 dropout: float = 0.0, layer_type: str = "TransformerDecoderLayer", use_qk_norm: bool = False,
+                 out_kernel: int = 1, embed_name: str = "encoder_embed") -> None:
+        super().__init__()
+        if layer_type not in ("TransformerLayer", "TransformerDecoderLayer"):
+            raise ValueError(f"transformer_layer_type must be 'TransformerLayer' or 'TransformerDecoderLayer', "
+                             f"got '{layer_type}'")
+        self.grid_size, self.width, self.layer_type, self.embed_name = grid_size, width, layer_type, embed_name
+        setattr(self, embed_name, nn.Linear(token_size, width))
+        self.ln_pre = nn.LayerNorm(token_size)
+        self.positional_embedding = _pos_table(grid_size**2, width)
+        layer_cls = ViTLayer if layer_type == "TransformerLayer" else QFormerLayer
+        self.transformer = nn.ModuleList(
+            [layer_cls(width, num_heads, 4.0, dropout, use_qk_norm) for _ in range(num_layers)]
+        )
+        self.ln_post = nn.LayerNorm(width)
+        self.conv_out = nn.Conv2d(width, token_size, kernel_size=out_kernel, padding=out_kernel // 2)
+
+    def _run_layers(self, x: torch.Tensor, keep: int | None = None,
+                    stop_at_keep: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the layers on (B, N, D); also return the state after layer `keep` (1-indexed)."""
+        pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, N, D)
+        kept = None
+        if self.layer_type == "TransformerLayer":
+            x = x + pos
+        for i, layer in enumerate(self.transformer, start=1):
+            x = layer(x) if self.layer_type == "TransformerLayer" else layer(x, x, pos, pos)
+            if i == keep:
+                kept = x
+                if stop_at_keep:
+                    break
+        return x, kept
+
+    def _embed(self, z: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.embed_name)(self.ln_pre(z.flatten(2).transpose(1, 2)))  # (B, Cz, G, G) -> (B, N, D)
+
+    def _unflatten(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return self.ln_post(x).transpose(1, 2).reshape(b, self.width, self.grid_size, self.grid_size)  # (B, D, G, G)
+
+    def forward(self, s: torch.Tensor, return_feat: bool = False) -> torch.Tensor:
+        x, _ = self._run_layers(self._embed(s))
+        h = self._unflatten(x)
+        return h if return_feat else self.conv_out(h)
+
+
+class ViTDecoder2D(ViTEncoder2D):
+    """2D-token decoder: (B, Cz, G, G) -> (B, Cz, G, G), conv_out 3x3, plus distill features after a layer."""
+
+    def __init__(self, grid_size: int, width: int, num_layers: int, num_heads: int, token_size: int,
+                 dropout: float = 0.0, layer_type: str = "TransformerDecoderLayer", use_qk_norm: bool = False,
+                 distill_depth: int | None = None, out_inner_dim: int = 768) -> None:
+        super().__init__(grid_size, width, num_layers, num_heads, token_size, dropout, layer_type, use_qk_norm,
+                         out_kernel=3, embed_name="decoder_embed")
+        self.distill_depth = distill_depth
+        if distill_depth is not None:
+            if not 1 <= distill_depth <= num_layers:
+                raise ValueError(f"distill_depth {distill_depth} must be in 1..{num_layers} (decoder layers)")
+            self.distill_mlp = nn.Sequential(
+                nn.Linear(width, width * 4), nn.SiLU(), nn.Linear(width * 4, width * 4), nn.SiLU(),
+                nn.Linear(width * 4, out_inner_dim),
+            )
+
+    def forward(self, quant: torch.Tensor, ret_inner_feat: bool = False,  # type: ignore[override]
+                return_feat: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """quant (B, Cz, G, G) -> (rec_spatial (B, Cz, G, G), inner (B, N, Do) or None); see QFormerDecoder."""
+        x = self._embed(quant)
+        if return_feat:
+            return None, self._run_layers(x, keep=self.distill_depth, stop_at_keep=True)[1]
+        x, kept = self._run_layers(x, keep=self.distill_depth if ret_inner_feat else None)
+        inner = self.distill_mlp(kept) if kept is not None else None
+        return self.conv_out(self._unflatten(x)), inner

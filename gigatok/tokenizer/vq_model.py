@@ -1,0 +1,253 @@
+"""The GigaTok hybrid tokenizer: CNN encoder -> Q-Former -> VQ -> Q-Former -> CNN decoder.
+
+`VQVitModelPlus` is the 1D tokenizer (L latent tokens in coarse-to-fine Q-Former query order) and
+`VQVitModel2DPlus` the 2D variant (G x G tokens in raster order); both keep the official class names, module names
+and state_dict keys, so official checkpoints load strictly.
+
+Shape letters: B batch, H/W image size, Cz z_channels, G latent grid side, L tokens per image (1D: num_latent_tokens,
+2D: G*G), Dc code dim, Do distill output dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gigatok.config import TRANSFORMER_SIZES, VQModelArgs
+from gigatok.tokenizer.cnn import Decoder, Encoder
+from gigatok.tokenizer.qformer import QFormerDecoder, QFormerEncoder, ViTDecoder2D, ViTEncoder2D
+from gigatok.tokenizer.quantizer import QuantizerLosses, VectorQuantizer
+
+# Official options that no released config switches on; they load from YAML but are not built.
+_UNSUPPORTED = (
+    "use_rope", "rope_1d", "rope_2d", "res_up_down_sample", "downsample_match_channel", "upsample_match_channel",
+    "res_codebook_updown_sample", "downsample_improve", "stochastic", "encoder_2d_distill", "with_prior_model",
+    "use_lfq", "simvq", "last_level_2d_query_init", "multi_level_2d_query_init", "use_attn",
+)
+
+
+@dataclass
+class TokenizerOutput:
+    """Result of a training forward.
+
+    Attributes:
+        recon: (B, 3, H, W) reconstruction, not clamped.
+        quant_losses: vq / commit / entropy losses and codebook usage of the quantizer.
+        codes: (B, L) int64.
+        recon_direct: (B, 3, H, W) CNN decoder applied to the CNN encoder output (auxiliary shortcut), or None.
+        fea_rec_loss: weighted distance between the CNN encoder output and the Q-Former decoder output (0 if off).
+        inner_feat: (B, G*G, Do) distill-MLP features for semantic regularisation, or None.
+    """
+
+    recon: torch.Tensor
+    quant_losses: QuantizerLosses
+    codes: torch.Tensor
+    recon_direct: torch.Tensor | None = None
+    fea_rec_loss: torch.Tensor | float = 0.0
+    inner_feat: torch.Tensor | None = None
+
+
+def _transformer_size(name: str | None, role: str) -> tuple[int, int, int]:
+    if name not in TRANSFORMER_SIZES:
+        raise ValueError(f"unknown {role} size '{name}'; choose one of {sorted(TRANSFORMER_SIZES)}")
+    return TRANSFORMER_SIZES[name]
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Official init: trunc-normal(0.02) Linear/Conv weights with zero bias, LayerNorm 1/0. The attention
+    in_proj keeps PyTorch's xavier init and positional tables their width**-0.5 scaling."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        nn.init.trunc_normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.trunc_normal_(module.weight, mean=0.0, std=0.02)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class _HybridTokenizer(nn.Module):
+    """Shared body of the 1D and 2D tokenizers; subclasses build `token_encoder` / `token_decoder`."""
+
+    def __init__(self, args: VQModelArgs) -> None:
+        super().__init__()
+        on = [name for name in _UNSUPPORTED if getattr(args, name)]
+        if on:
+            raise ValueError(f"tokenizer options {on} are experimental/deprecated in the official code and not "
+                             "implemented here; set them to False (no released config uses them)")
+        levels = len(args.encoder_ch_mult) - 1
+        if args.image_size % 2**levels:
+            raise ValueError(f"image_size {args.image_size} must be divisible by the CNN downsampling 2**{levels}")
+        if len(args.decoder_ch_mult) != len(args.encoder_ch_mult):
+            raise ValueError("encoder_ch_mult and decoder_ch_mult must have the same length (same grid)")
+        if args.model_size is not None and (args.encoder_size or args.decoder_size):
+            raise ValueError("set either model_size or encoder_size/decoder_size, not both (official rule)")
+        self.args = args
+        self.image_size = args.image_size
+        self.grid_size = args.image_size // 2**levels
+        self.codebook_size = args.codebook_size
+        self.encoder = Encoder(args.cnn_ch, tuple(args.encoder_ch_mult), 2, args.z_channels, args.dropout_p)
+        self._build_token_transformers(args)
+        self.decoder = Decoder(args.cnn_ch, tuple(args.decoder_ch_mult), 2, args.z_channels, args.dropout_p,
+                               adaptive_gn=args.adaptive_gn, d2s_up=args.d2s_up)
+        self.apply(_init_weights)  # before the quantizer and the 1x1 convs, which keep their own init (official)
+        self.quantize = VectorQuantizer(
+            args.codebook_size, args.codebook_embed_dim, args.commit_loss_beta, args.entropy_loss_ratio,
+            args.entropy_temperature, args.codebook_l2_norm, args.codebook_show_usage, args.rot,
+        )
+        self.quant_conv = nn.Conv2d(args.z_channels, args.codebook_embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(args.codebook_embed_dim, args.z_channels, 1)
+
+    # -- subclass hooks -------------------------------------------------------------------------------------------
+    def _build_token_transformers(self, args: VQModelArgs) -> None:
+        raise NotImplementedError
+
+    @property
+    def token_encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def token_decoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """(h, w) of the quantized latent: (1, L) for 1D tokens, (G, G) for 2D."""
+        raise NotImplementedError
+
+    # -- public API -------------------------------------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        """L, the number of codes per image."""
+        h, w = self.latent_shape
+        return h * w
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, QuantizerLosses, dict[str, torch.Tensor]]:
+        """Images (B, 3, H, W) in [-1, 1] -> (quant (B, Dc, h, w) float32, quantizer losses, info).
+
+        `info` holds `codes` (B, L) int64, `enc_cnn` (B, Cz, G, G) and `pre_quant` (B, Dc, h, w).
+        """
+        s = self.encoder(images)
+        h = self.quant_conv(self.token_encoder(s))
+        quant, losses, codes = self.quantize(h)
+        return quant, losses, {"codes": codes, "enc_cnn": s, "pre_quant": h}
+
+    def decode_with_features(self, quant: torch.Tensor, ret_inner_feat: bool = False
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """quant (B, Dc, h, w) -> (pixels (B, 3, H, W), rec_spatial (B, Cz, G, G), inner (B, G*G, Do) or None)."""
+        rec_spatial, inner = self.token_decoder(self.post_quant_conv(quant.to(self.post_quant_conv.weight.dtype)),
+                                                ret_inner_feat=ret_inner_feat)
+        return self.decoder(rec_spatial), rec_spatial, inner
+
+    def decode(self, quant: torch.Tensor) -> torch.Tensor:
+        """quant (B, Dc, h, w) -> pixels (B, 3, H, W), roughly in [-1, 1] but not clamped."""
+        return self.decode_with_features(quant)[0]
+
+    def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, L) or (B*L,) int64 -> pixels (B, 3, H, W), decoded from the exact normalised codewords."""
+        return self.decode(self.quantize.lookup(codes, self.latent_shape))
+
+    def encode_to_codes(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> codes (B, L) int64 (no losses, no rotation: inference only)."""
+        return self.quantize.quantize_to_codes(self.quant_conv(self.token_encoder(self.encoder(images))))
+
+    def decoder_features(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, L) -> states of decoder layer `distill_depth` before the distill MLP, (B, G*G, D) (probing)."""
+        quant = self.post_quant_conv(self.quantize.lookup(codes, self.latent_shape))
+        return self.token_decoder(quant, return_feat=True)[1]
+
+    def forward(self, images: torch.Tensor, rec_loss: bool = True, ret_inner_feat: bool = False) -> TokenizerOutput:
+        """Training forward.
+
+        Args:
+            images: (B, 3, H, W) in [-1, 1].
+            rec_loss: also compute the auxiliary shortcut outputs (`recon_direct`, `fea_rec_loss`), as the official
+                trainer does until `aux_loss_end`.
+            ret_inner_feat: also return the distill-MLP features for semantic regularisation.
+        """
+        quant, losses, info = self.encode(images)
+        recon, rec_spatial, inner = self.decode_with_features(quant, ret_inner_feat)
+        out = TokenizerOutput(recon=recon, quant_losses=losses, codes=info["codes"], inner_feat=inner)
+        if rec_loss:
+            s = info["enc_cnn"]
+            if self.args.fea_rec_loss_type == "mse":
+                distance = F.mse_loss(s.detach(), rec_spatial)
+            elif self.args.fea_rec_loss_type == "cosine":
+                distance = 1 - F.cosine_similarity(s.detach(), rec_spatial, dim=1).mean()
+            else:
+                raise ValueError(f"fea_rec_loss_type must be 'mse' or 'cosine', got '{self.args.fea_rec_loss_type}'")
+            out.fea_rec_loss = self.args.fea_rec_loss_weight * distance
+            out.recon_direct = self.decoder(s)
+        return out
+
+    def get_fsdp_wrap_module_list(self) -> list[nn.Module]:
+        """The transformer layers: FSDP wrap units."""
+        return [*self.token_encoder.transformer, *self.token_decoder.transformer]
+
+
+class VQVitModelPlus(_HybridTokenizer):
+    """1D tokenizer: Q-Former `s2to1encoder` (2D -> L tokens) and `s1to2decoder` (L tokens -> 2D)."""
+
+    def _build_token_transformers(self, args: VQModelArgs) -> None:
+        enc_name = args.encoder_size or args.model_size
+        dec_name = args.decoder_size or args.model_size
+        width, layers, heads = _transformer_size(enc_name, "encoder")
+        if args.multi_level_query_init and args.learnable_1d_query_init:
+            raise ValueError("multi_level_query_init and learnable_1d_query_init are mutually exclusive")
+        query_init = ("multi_level" if args.multi_level_query_init
+                      else "learnable" if args.learnable_1d_query_init else "global")
+        self.s2to1encoder = QFormerEncoder(self.grid_size, width, layers, heads, args.num_latent_tokens,
+                                           args.z_channels, args.dropout_p, query_init, args.use_qk_norm)
+        width, layers, heads = _transformer_size(dec_name, "decoder")
+        self.s1to2decoder = QFormerDecoder(
+            self.grid_size, width, layers, heads, args.num_latent_tokens, args.z_channels, args.dropout_p,
+            args.distill_depth, args.out_inner_dim,
+            "learnable" if args.learnable_2d_query_init else "first_token", args.use_qk_norm,
+        )
+
+    @property
+    def token_encoder(self) -> nn.Module:
+        return self.s2to1encoder
+
+    @property
+    def token_decoder(self) -> nn.Module:
+        return self.s1to2decoder
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return 1, self.args.num_latent_tokens
+
+
+class VQVitModel2DPlus(_HybridTokenizer):
+    """2D tokenizer: ViT `s2dencoder` / `s2ddecoder` on the G x G grid, codes in raster order."""
+
+    def _build_token_transformers(self, args: VQModelArgs) -> None:
+        width, layers, heads = _transformer_size(args.encoder_size or args.model_size, "encoder")
+        self.s2dencoder = ViTEncoder2D(self.grid_size, width, layers, heads, args.z_channels, args.dropout_p,
+                                       args.transformer_layer_type, args.use_qk_norm)
+        width, layers, heads = _transformer_size(args.decoder_size or args.model_size, "decoder")
+        self.s2ddecoder = ViTDecoder2D(self.grid_size, width, layers, heads, args.z_channels, args.dropout_p,
+                                       args.transformer_layer_type, args.use_qk_norm, args.distill_depth,
+                                       args.out_inner_dim)
+
+    @property
+    def token_encoder(self) -> nn.Module:
+        return self.s2dencoder
+
+    @property
+    def token_decoder(self) -> nn.Module:
+        return self.s2ddecoder
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return self.grid_size, self.grid_size
+
+
+# Model classes by their official `model.model_cls` name.
+TOKENIZER_MODELS: dict[str, type[_HybridTokenizer]] = {
+    "VQVitModelPlus": VQVitModelPlus,
+    "VQVitModel2DPlus": VQVitModel2DPlus,
+}
