@@ -33,6 +33,16 @@ TRANSFORMER_SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
+# Feature width of each supported semantic teacher (fills `out_inner_dim` when the config leaves it null).
+TEACHER_DIMS: dict[str, int] = {
+    "dinov2-vit-s": 384,
+    "dinov2-vit-b": 768,
+    "dinov2-vit-l": 1024,
+    "siglip-sovit-400m": 1152,
+    "clip_dfn-vit-l/14": 1024,
+}
+
+
 class ConfigError(ValueError):
     """A user error in a config file or override: the message says what, where, and how to fix it."""
 
@@ -92,7 +102,7 @@ class VQModelArgs:
     use_attn: bool = True
     # semantic regularisation
     distill_depth: Optional[int] = None
-    out_inner_dim: int = 768
+    out_inner_dim: Optional[int] = None  # null: the teacher's width (trainer.distill_model), as the official loader
     fea_rec_loss_type: str = "cosine"
     fea_rec_loss_weight: float = 1.0
     # official options that no released config switches on (accepted, rejected at build time when True)

@@ -78,6 +78,9 @@ class _HybridTokenizer(nn.Module):
         if on:
             raise ValueError(f"tokenizer options {on} are experimental/deprecated in the official code and not "
                              "implemented here; set them to False (no released config uses them)")
+        if args.distill_depth is not None and args.out_inner_dim is None:
+            raise ValueError("out_inner_dim is unresolved (null): build through gigatok.builders.build_tokenizer, "
+                             "which fills in the teacher's width, or set it explicitly")
         levels = len(args.encoder_ch_mult) - 1
         if args.image_size % 2**levels:
             raise ValueError(f"image_size {args.image_size} must be divisible by the CNN downsampling 2**{levels}")

@@ -1,0 +1,49 @@
+"""Shared test fixtures: tiny configs, procedural weights and the official parity vectors in tests/assets."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).resolve().parent / "assets"
+sys.path.insert(0, str(ASSETS))  # procedural.py
+
+from procedural import procedural_state_dict  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def load_procedural(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Overwrite every state_dict entry with the deterministic weights the official vectors were produced with."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict(procedural_state_dict(shapes, seed), strict=True)
+    return model
+
+
+def read_key_list(name: str) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """(total parameter count, {key: shape}) of an official key dump in tests/assets/keys."""
+    lines = (ASSETS / "keys" / f"{name}.txt").read_text().splitlines()
+    total = int(lines[0].split("\t")[1])
+    shapes = {}
+    for line in lines[1:]:
+        key, shape, _ = line.split("\t")
+        shapes[key] = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
+    return total, shapes
+
+
+@pytest.fixture(scope="session")
+def vectors():
+    """Lazy loader of the official parity vectors: vectors('tok_VQ_SS256')."""
+    cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def get(case: str) -> dict[str, np.ndarray]:
+        if case not in cache:
+            with np.load(ASSETS / f"{case}.npz") as data:
+                cache[case] = {k: data[k] for k in data.files}
+        return cache[case]
+
+    return get
