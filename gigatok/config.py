@@ -210,15 +210,17 @@ def _all_keys(schema: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def _explain(err: OmegaConfBaseException, schema: type, source: str) -> ConfigError:
+def _explain(err: Exception, schema: type, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
-    if isinstance(err, ConfigKeyError):
+    msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]  # drop OmegaConf's full_key/type trailer
+    if isinstance(err, ConfigKeyError) and key:
         hint = difflib.get_close_matches(key, _all_keys(schema), n=1)
         suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
         return ConfigError(f"{source}: unknown config key '{key}'.{suggestion} Remove it or fix its spelling.")
-    if isinstance(err, ValidationError):
-        return ConfigError(f"{source}: invalid value for '{key}': {err.msg}")
-    return ConfigError(f"{source}: {err}")
+    if isinstance(err, ValidationError) and key:
+        return ConfigError(f"{source}: invalid value for '{key}': {msg}")
+    return ConfigError(f"{source}: {msg} (a section must be a mapping of key: value; check the file's "
+                       "indentation and the override syntax --section.key=value)")
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
@@ -256,8 +258,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if overrides:
             source = f"{source} + overrides {overrides}"
             base = OmegaConf.merge(base, parse_overrides(overrides))
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
         raise _explain(err, schema, source) from None
+    except Exception as err:  # YAML syntax errors (yaml.YAMLError) and other parse failures
+        raise ConfigError(f"{source}: cannot parse the YAML file: {err}") from None
     return OmegaConf.to_object(base)
 
 
