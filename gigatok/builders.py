@@ -12,7 +12,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from gigatok.config import TEACHER_DIMS, VQConfig, load_config
+from gigatok.config import TEACHER_DIMS, ConfigError, VQConfig, load_config
 from gigatok.infra.checkpoint import (
     CheckpointError,
     extract_state_dict,
@@ -35,16 +35,19 @@ def build_tokenizer(config: VQConfig | str | os.PathLike, device: str | torch.de
         config = load_config(config)
     name = config.model.model_cls
     if name not in TOKENIZER_MODELS:
-        raise ValueError(f"unknown model.model_cls '{name}'; choose one of {sorted(TOKENIZER_MODELS)}")
+        raise ConfigError(f"unknown model.model_cls '{name}'; choose one of {sorted(TOKENIZER_MODELS)}")
     args = config.model.init_args
     if args.out_inner_dim is None:
         # Official rule: the distill MLP outputs the teacher's width (768 for the default DINOv2-B).
         teacher = config.trainer.distill_model if config.trainer.distill_loss else "dinov2-vit-b"
         if teacher not in TEACHER_DIMS:
-            raise ValueError(f"unknown trainer.distill_model '{teacher}'; choose one of {sorted(TEACHER_DIMS)}")
+            raise ConfigError(f"unknown trainer.distill_model '{teacher}'; choose one of {sorted(TEACHER_DIMS)}")
         args = dataclasses.replace(args, out_inner_dim=TEACHER_DIMS[teacher])
-    with torch.device(device):
-        return TOKENIZER_MODELS[name](args)
+    try:
+        with torch.device(device):
+            return TOKENIZER_MODELS[name](args)
+    except ValueError as err:  # invalid combinations of model options are config errors
+        raise ConfigError(f"model.init_args: {err}") from None
 
 
 def read_tokenizer_weights(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,0 +1,170 @@
+"""Speed and memory benchmarks. Each run ends by printing one JSON line with the figures.
+
+    python -m gigatok.bench tokenizer --model-config configs/vq/VQ_SS256.yaml --batch-size 2 \
+        --mode encode_decode|train [--precision fp32|bf16] [--threads N] [--repeat N] [--device cpu|cuda]
+        [--official-root PATH]
+
+`encode_decode` times `decode(encode(x))` under inference mode; `train` times one forward + backward of the
+training forward (shortcut outputs and distill features on, as in the official trainer's first steps).
+With `--official-root` (a checkout of SilentView/GigaTok), the official model is timed too, with the same
+weights and input, each implementation in its own subprocess so that `peak_rss_mb` is its own; the JSON line
+then holds both results and the speedup.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], None], repeat: int, device: torch.device) -> list[float]:
+    """Run `fn` once untimed (warm-up), then `repeat` timed runs; seconds per run."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _official_model(root: str, config) -> torch.nn.Module:
+    """Build the official tokenizer class from our parsed config (import from a checkout of the official repo)."""
+    import dataclasses
+
+    sys.path.insert(0, root)
+    from tokenizer.tokenizer_image.vq import vq_vit_model as official  # type: ignore[import-not-found]
+
+    init_args = dataclasses.asdict(config.model.init_args)
+    for ours_only in ("image_size", "cnn_ch", "entropy_temperature"):
+        init_args.pop(ours_only)
+    init_args["out_inner_dim"] = init_args["out_inner_dim"] or 768
+    name = config.model.model_cls
+    args_cls = getattr(official, f"{name}Args")
+    known = {f.name for f in dataclasses.fields(args_cls)}
+    model = getattr(official, name)(args_cls(**{k: v for k, v in init_args.items() if k in known}))
+    used = getattr(model.quantize, "codebook_used", None)
+    if isinstance(used, torch.nn.Parameter):  # official quirk: breaks in-place updates on CPU in train mode
+        model.quantize.codebook_used = torch.zeros_like(used.data)
+    return model
+
+
+def bench_tokenizer(args: argparse.Namespace) -> dict:
+    from gigatok.builders import build_tokenizer
+    from gigatok.config import load_config
+
+    config = load_config(args.model_config)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    ours = build_tokenizer(config)
+    if args.impl == "official":
+        model = _official_model(args.official_root, config)
+        model.load_state_dict(ours.state_dict(), strict=True)  # same weights as ours
+    else:
+        model = ours
+    del ours
+    model = model.to(device)
+    size = config.model.init_args.image_size
+    x = torch.rand(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+    use_bf16 = args.precision == "bf16"
+    is_official = args.impl == "official"
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def encode_decode() -> None:
+        with torch.inference_mode(), autocast():
+            quant = model.encode(x)[0]
+            model.decode(quant)
+
+    def train_step() -> None:
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            if is_official:
+                (recon, _), ([vq, commit, entropy, _], fea_rec), inner = model(x, rec_loss=True, ret_inner_feat=True)
+            else:
+                out = model(x, rec_loss=True, ret_inner_feat=True)
+                recon, fea_rec, inner = out.recon, out.fea_rec_loss, out.inner_feat
+                vq, commit, entropy = out.quant_losses.vq, out.quant_losses.commit, out.quant_losses.entropy
+            loss = recon.float().pow(2).mean() + vq + commit + entropy + fea_rec + inner.float().mean()
+        loss.backward()
+
+    if args.mode == "encode_decode":
+        model.eval()
+        times = time_fn(encode_decode, args.repeat, device)
+    else:
+        model.train()
+        times = time_fn(train_step, args.repeat, device)
+    result = {
+        "bench": "tokenizer", "impl": args.impl, "model_config": args.model_config, "mode": args.mode,
+        "batch_size": args.batch_size, "precision": args.precision, "threads": torch.get_num_threads(),
+        "device": str(device), "median_s": statistics.median(times), "times_s": [round(t, 4) for t in times],
+        "images_per_s": args.batch_size / statistics.median(times), "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return result
+
+
+def _run_side_by_side(argv: list[str], args: argparse.Namespace) -> dict:
+    """Run ours and the official model in separate subprocesses and combine their JSON lines."""
+    results = {}
+    for impl in ("official", "ours"):
+        cmd = [sys.executable, "-m", "gigatok.bench", *argv, "--impl", impl]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        if proc.returncode != 0:
+            raise SystemExit(f"{impl} benchmark failed:\n{proc.stderr[-3000:]}")
+        results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+    speedup = results["official"]["median_s"] / results["ours"]["median_s"]
+    return {**results["ours"], "impl": "ours_vs_official", "official_median_s": results["official"]["median_s"],
+            "official_peak_rss_mb": results["official"]["peak_rss_mb"], "speedup": round(speedup, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    tok = sub.add_parser("tokenizer", help="tokenizer encode+decode or train step")
+    tok.add_argument("--model-config", default="configs/vq/VQ_SS256.yaml")
+    tok.add_argument("--batch-size", type=int, default=2)
+    tok.add_argument("--mode", choices=["encode_decode", "train"], default="encode_decode")
+    tok.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    tok.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    tok.add_argument("--repeat", type=int, default=3)
+    tok.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    tok.add_argument("--official-root", default=None, help="checkout of SilentView/GigaTok to time side by side")
+    tok.add_argument("--impl", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.official_root and args.impl is None:
+        passthrough = [a for a in argv]
+        result = _run_side_by_side(passthrough, args)
+    else:
+        args.impl = args.impl or "ours"
+        result = bench_tokenizer(args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Image-folder dataset for evaluation (reconstruction, code extraction of a folder).
+
+Order: the official code reads folders with torchvision `ImageFolder`, which lists sorted sub-folders, and
+inside each one the files of `sorted(os.walk(sub_folder))` with sorted names. We keep exactly that order (so
+sample index `i` names the same image as in the official runs) and additionally accept images lying directly in
+the root, which `ImageFolder` ignores; they come first, sorted by name. Files whose extension is not an image
+extension are skipped with one warning line, because the README's demo points `--data-path` at `tests/`, which
+also holds code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from gigatok.data.transforms import CenterCropTransform
+
+logger = logging.getLogger(__name__)
+
+# The extensions torchvision's ImageFolder accepts (lower case; matching is case-insensitive).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class ImageDataError(ValueError):
+    """A data-path problem the user must fix: missing folder, no images, or an undecodable image file."""
+
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker re-raises our error as `ImageDataError("Caught ImageDataError in DataLoader worker
+        # process 0.\nOriginal Traceback ...\n...ImageDataError: <message>")`; keep only the user's message.
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def list_image_files(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """List the images under `root` in the official (ImageFolder) order, plus the skipped non-image files.
+
+    Returns:
+        (images, skipped): root-level images sorted by name, then for each sorted sub-folder the images of
+        `sorted(os.walk(sub_folder))`; `skipped` holds every other file found on the way.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageDataError(f"data path not found or not a folder: '{root}'. Pass --data-path pointing at a "
+                             "folder of images (sub-folders are searched recursively).")
+    images, skipped = [], []
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_file():
+            (images if _is_image(entry.name) else skipped).append(Path(entry.path))
+    for entry in entries:
+        if not entry.is_dir():
+            continue
+        for dirpath, _, filenames in sorted(os.walk(entry.path, followlinks=True)):
+            for name in sorted(filenames):
+                (images if _is_image(name) else skipped).append(Path(dirpath) / name)
+    return images, skipped
+
+
+class ImageFolderDataset(Dataset):
+    """Every image under a folder, recursively, in a deterministic order.
+
+    Items are `(images, index)`: images is (3, S, S) float32 in [-1, 1] after `transform` (the official
+    center crop by default), index is the position in `self.files`.
+
+    Args:
+        root: folder to search.
+        image_size: side of the default center-crop transform; ignored when `transform` is given.
+        transform: PIL RGB image -> tensor.
+        warn_skipped: log one warning line about non-image files (turn off on non-main ranks if not using the
+            rank-0 logger).
+    """
+
+    def __init__(self, root: str | os.PathLike, image_size: int = 256,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None, warn_skipped: bool = True) -> None:
+        self.root = Path(root)
+        self.files, self.skipped = list_image_files(self.root)
+        if not self.files:
+            raise ImageDataError(
+                f"no images found under '{self.root}' (searched recursively for {', '.join(IMG_EXTENSIONS)}"
+                f"{'; skipped ' + str(len(self.skipped)) + ' other files' if self.skipped else ''}). "
+                "Point --data-path at a folder that holds image files."
+            )
+        if self.skipped and warn_skipped:
+            shown = ", ".join(str(p.relative_to(self.root)) for p in self.skipped[:5])
+            more = ", ..." if len(self.skipped) > 5 else ""
+            logger.warning(f"skipped {len(self.skipped)} non-image file(s) under '{self.root}': {shown}{more}")
+        self.transform = transform if transform is not None else CenterCropTransform(image_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_image(self, index: int) -> Image.Image:
+        """Decode file `index` as an RGB PIL image, with a clear error for a broken file."""
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")  # convert() forces the full decode inside the try
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ImageDataError(
+                f"cannot decode image file '{path}' ({type(err).__name__}: {err}). The file is corrupt or not "
+                "really an image: remove it from the data folder or convert it to PNG/JPEG."
+            ) from None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.load_image(index)), index

@@ -1,0 +1,112 @@
+"""Process-group setup that also runs without torchrun, and the one predicate that gates rank-0 side effects.
+
+Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) we join the process group: NCCL on CUDA,
+gloo on CPU. Without it everything runs as a single process (rank 0 of 1) and the collectives below are no-ops.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is a ValueError (a user error)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device '{device}': use auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA GPU is visible; use --device cpu (or auto)")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the torchrun process group if launched by torchrun, else set up a single process.
+
+    Returns:
+        rank, world size, local rank and the torch device this process should use.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo(0, 1, 0, resolve_device(device))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    torch_device = resolve_device(device, local_rank)
+    if not dist.is_initialized():
+        if torch_device.type == "cuda":
+            torch.cuda.set_device(torch_device)  # before NCCL init, so each rank talks from its own GPU
+            dist.init_process_group("nccl", device_id=torch_device)
+        else:
+            dist.init_process_group("gloo")
+    return DistInfo(rank, world_size, local_rank, torch_device)
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """The predicate for every rank-0-only side effect (logging, writing summary files, grids)."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Picklable `obj` from every rank, in rank order (`[obj]` without a process group)."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def setup_logging(log_dir: str | os.PathLike | None = None) -> logging.Logger:
+    """Configure the `gigatok` logger: rank 0 logs to stderr (and `log_dir/log.txt`), other ranks log nothing.
+
+    Module loggers (`logging.getLogger(__name__)` inside `gigatok`) propagate to it, so library warnings are
+    gated by the same predicate. The root logger is left alone (it belongs to the application or pytest).
+    """
+    logger = logging.getLogger("gigatok")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = False
+    if is_main_process():
+        formatter = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+        if log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(Path(log_dir) / "log.txt"))
+        for handler in handlers:
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    else:
+        logger.addHandler(logging.NullHandler())  # a handler, so logging's last-resort stderr output stays off
+    return logger

@@ -1,0 +1,156 @@
+"""End to end: `gigatok.reconstruct --qualitative` on CPU with the tiny config and an official-format checkpoint."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gigatok.builders import build_tokenizer, load_tokenizer
+from gigatok.config import load_config
+from gigatok.data.transforms import center_crop_arr, to_tensor_normalized, to_uint8
+from gigatok.reconstruct import main
+from gigatok.tokenizer.perceptual import RANDOM_BACKBONE_ENV, VGG16_FILENAME
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = REPO / "tests" / "gt_qualitative"
+CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
+FOLDER = "VQVitModelPlus-imagenet-size-32-size-32-codebook-size-1024-dim-8-seed-0-0000050"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An official-format file: {"model", "args" (argparse.Namespace), "steps"}, named like vq_train.py's."""
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(load_config(CONFIG))
+    path = tmp_path_factory.mktemp("ckpt") / "0000050.pt"
+    torch.save({"model": tokenizer.state_dict(), "args": argparse.Namespace(image_size=32), "steps": 50}, path)
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """A `tests/`-like folder: the photos in a sub-folder, next to files that are not images."""
+    shutil.copytree(PHOTOS, tmp_path / "data" / "gt_qualitative")
+    (tmp_path / "data" / "test_something.py").write_text("# not an image\n")
+    return tmp_path / "data"
+
+
+def _argv(data: Path, out: Path, ckpt: Path | str, *extra: str) -> list[str]:
+    return ["--data-path", str(data), "--model-config", str(CONFIG), "--vq-ckpt", str(ckpt), "--image-size", "32",
+            "--sample-dir", str(out), "--per-proc-batch-size", "3", "--num-workers", "0", "--qualitative", *extra]
+
+
+def _check_outputs(folder: Path, with_lpips: bool) -> None:
+    gts = sorted(folder.glob("*_gt.png"))
+    recons = sorted(p for p in folder.glob("0*.png") if not p.name.endswith("_gt.png"))
+    assert [p.name for p in gts] == [f"{i:06d}_gt.png" for i in range(4)]
+    pattern = r"\d{6}_\d\.\d{4}\.png" if with_lpips else r"\d{6}\.png"
+    assert len(recons) == 4 and all(re.fullmatch(pattern, p.name) for p in recons), [p.name for p in recons]
+    grid = Image.open(folder / "grid.png")
+    assert grid.size == (4 * 32, 2 * 32)  # one row of inputs above one row of reconstructions
+    np.testing.assert_array_equal(np.asarray(grid)[:32, :32], np.asarray(Image.open(gts[0])))
+    if with_lpips:
+        values = [float(p.stem.split("_")[1]) for p in recons]
+        assert float((folder / "lpips_val.txt").read_text()) == pytest.approx(np.mean(values), abs=1e-4)
+
+
+def test_qualitative_end_to_end(checkpoint, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(RANDOM_BACKBONE_ENV, "1")
+    main(_argv(data_dir, tmp_path / "out", checkpoint, "--lpips"))
+    folder = tmp_path / "out" / FOLDER
+    _check_outputs(folder, with_lpips=True)
+    err = capsys.readouterr().err
+    assert "skipped 1 non-image file(s)" in err and "test_something.py" in err and "MEANINGLESS" in err
+    # the files hold exactly the center crop and the tokenizer's round trip of it
+    source = Image.open(PHOTOS / "chelsea.jpg").convert("RGB")
+    gt = np.asarray(center_crop_arr(source, 32))
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "000001_gt.png")), gt)
+    tokenizer = load_tokenizer(str(checkpoint), str(CONFIG))
+    with torch.no_grad():
+        recon = tokenizer.decode_code(tokenizer.encode_to_codes(to_tensor_normalized(Image.fromarray(gt))[None]))
+    saved = next(folder.glob("000001_*[0-9].png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(saved)), to_uint8(recon)[0].numpy())
+
+
+def _run_expecting_exit_2(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_corrupt_png_is_a_clear_error(checkpoint, data_dir, tmp_path, capsys):
+    (data_dir / "gt_qualitative" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png at all")
+    err = _run_expecting_exit_2(_argv(data_dir, tmp_path / "out", checkpoint), capsys)
+    assert "broken.png" in err and "remove it from the data folder or convert it" in err
+
+
+def test_missing_checkpoint_exits_2_with_a_message(data_dir, tmp_path, capsys):
+    err = _run_expecting_exit_2(_argv(data_dir, tmp_path / "out", tmp_path / "nope.pt"), capsys)
+    assert "checkpoint not found" in err and "nope.pt" in err
+
+
+def test_lpips_without_vgg_weights_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(RANDOM_BACKBONE_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    # data path and checkpoint are both missing too: the LPIPS check must be the one that fires
+    argv = _argv(tmp_path / "no_data", tmp_path / "out", tmp_path / "no.pt", "--lpips")
+    err = _run_expecting_exit_2(argv, capsys)
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints" / VGG16_FILENAME) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_flag_errors(checkpoint, data_dir, tmp_path, capsys):
+    argv = _argv(data_dir, tmp_path / "out", checkpoint)
+    assert "evaluation issue (5)" in _run_expecting_exit_2([a for a in argv if a != "--qualitative"], capsys)
+    assert "--quant-way fsq is not supported" in _run_expecting_exit_2(argv + ["--quant-way", "fsq"], capsys)
+    err = _run_expecting_exit_2(argv + ["--image-size", "64"], capsys)
+    assert "--interpolate-pos-embed" in err
+    assert "config file not found" in _run_expecting_exit_2(argv + ["--model-config", "nope.yaml"], capsys)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fp16_on_cpu_falls_back_to_fp32(checkpoint, data_dir, tmp_path, capsys):
+    main(_argv(data_dir, tmp_path / "out", checkpoint, "--precision", "fp16", "--device", "cpu"))
+    assert "running in fp32 instead" in capsys.readouterr().err
+    _check_outputs(tmp_path / "out" / FOLDER, with_lpips=False)
+
+
+def test_launcher_script_with_torchrun_on_cpu(checkpoint, data_dir, tmp_path):
+    """gpus=1 as in the README, then 2 ranks (strided shards, gathered grid/LPIPS): identical files."""
+    env = {**os.environ, RANDOM_BACKBONE_ENV: "1", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("GPUS", "TORCH_RUN_PATH", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+    probe = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"], capture_output=True, env=env)
+    if probe.returncode != 0:
+        pytest.skip(f"torchrun cannot start here: {probe.stderr.decode()[-300:]}")
+    outputs = {}
+    for gpus in (1, 2):
+        argv = _argv(data_dir, tmp_path / f"out{gpus}", checkpoint, "--lpips", "--device", "cpu")
+        result = subprocess.run(["bash", str(REPO / "scripts" / "reconstruction.sh"), *argv], cwd=tmp_path,
+                                env={**env, "gpus": str(gpus), "PORT": str(_free_port())},
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"--nproc_per_node={gpus}" in result.stderr  # set -x shows the torchrun command
+        folder = tmp_path / f"out{gpus}" / FOLDER
+        _check_outputs(folder, with_lpips=True)
+        outputs[gpus] = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert outputs[1] == outputs[2]
