@@ -125,18 +125,25 @@ def bench_tokenizer(args: argparse.Namespace) -> dict:
     return result
 
 
-def _run_side_by_side(argv: list[str], args: argparse.Namespace) -> dict:
-    """Run ours and the official model in separate subprocesses and combine their JSON lines."""
-    results = {}
-    for impl in ("official", "ours"):
-        cmd = [sys.executable, "-m", "gigatok.bench", *argv, "--impl", impl]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        if proc.returncode != 0:
-            raise SystemExit(f"{impl} benchmark failed:\n{proc.stderr[-3000:]}")
-        results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
-    speedup = results["official"]["median_s"] / results["ours"]["median_s"]
-    return {**results["ours"], "impl": "ours_vs_official", "official_median_s": results["official"]["median_s"],
-            "official_peak_rss_mb": results["official"]["peak_rss_mb"], "speedup": round(speedup, 3)}
+def _run_side_by_side(argv: list[str], rounds: int) -> dict:
+    """Run the official model and ours alternately, each in its own subprocess, `rounds` times each, so that a
+    change in machine load hits both; report the median over all timed runs of each."""
+    runs: dict[str, list[dict]] = {"official": [], "ours": []}
+    for _ in range(rounds):
+        for impl in ("official", "ours"):
+            cmd = [sys.executable, "-m", "gigatok.bench", *argv, "--impl", impl]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            if proc.returncode != 0:
+                raise SystemExit(f"{impl} benchmark failed:\n{proc.stderr[-3000:]}")
+            runs[impl].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    times = {impl: [t for r in rs for t in r["times_s"]] for impl, rs in runs.items()}
+    medians = {impl: statistics.median(ts) for impl, ts in times.items()}
+    ours = runs["ours"][-1]
+    return {**ours, "impl": "ours_vs_official", "median_s": medians["ours"], "times_s": times["ours"],
+            "images_per_s": ours["batch_size"] / medians["ours"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["ours"]),
+            "official_median_s": medians["official"], "official_times_s": times["official"],
+            "official_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["official"]),
+            "speedup": round(medians["official"] / medians["ours"], 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--repeat", type=int, default=3)
     tok.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tok.add_argument("--official-root", default=None, help="checkout of SilentView/GigaTok to time side by side")
+    tok.add_argument("--rounds", type=int, default=2, help="side by side: alternating subprocess runs per impl")
     tok.add_argument("--impl", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.official_root and args.impl is None:
-        passthrough = [a for a in argv]
-        result = _run_side_by_side(passthrough, args)
+        result = _run_side_by_side(list(argv), args.rounds)
     else:
         args.impl = args.impl or "ours"
         result = bench_tokenizer(args)

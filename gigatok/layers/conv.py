@@ -12,6 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU, in place when no graph is being recorded (x must then be a temporary): saves a full-size allocation
+    and a memory pass per call, which matters on the CPU at 256 px."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
 def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm(32 groups, eps 1e-6), the official `Normalize`; `channels` must be a multiple of 32."""
     if channels % 32:
@@ -33,10 +39,10 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H, W)."""
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(silu(self.norm1(x)))
+        h = self.conv2(self.dropout(silu(self.norm2(h))))
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return shortcut + h
+        return h.add_(shortcut)  # h is a fresh conv output that no backward needs: safe in place
 
 
 class Downsample(nn.Module):
