@@ -29,10 +29,11 @@ def images(batch: int, size: int, seed: int = 1) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def save_official_format(tokenizer: torch.nn.Module, path, **extra) -> None:
+def save_official_format(tokenizer: torch.nn.Module, path, legacy: bool = False, **extra) -> None:
     """The layout of the official trainer's checkpoints, including the pickled argparse Namespace."""
     torch.save({"model": tokenizer.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "steps": 5000,
-                "args": argparse.Namespace(image_size=256, model_config="configs/vq/VQ_SS256.yaml"), **extra}, path)
+                "args": argparse.Namespace(image_size=256, model_config="configs/vq/VQ_SS256.yaml"), **extra}, path,
+               _use_new_zipfile_serialization=not legacy)
 
 
 @pytest.mark.parametrize("config", [DEBUG_1D, DEBUG_2D], ids=["1d", "2d"])
@@ -68,10 +69,11 @@ def test_codes_round_trip(config) -> None:
     assert float(losses.vq) == 0.0  # no training losses in eval
 
 
-def test_official_checkpoint_round_trip(tmp_path) -> None:
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
+def test_official_checkpoint_round_trip(tmp_path, legacy: bool) -> None:
     tokenizer = tiny(seed=3).eval()
     path = tmp_path / "0005000.pt"
-    save_official_format(tokenizer, path)
+    save_official_format(tokenizer, path, legacy=legacy)
     loaded = load_tokenizer(path, DEBUG_1D)
     x = images(2, 32)
     with torch.no_grad():

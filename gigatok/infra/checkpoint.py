@@ -70,7 +70,13 @@ def read_checkpoint(ref: str | os.PathLike, map_location: str | torch.device = "
     path = resolve_checkpoint_path(ref)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            data = torch.load(path, map_location=map_location, weights_only=True)
+            try:
+                # Memory-map zip-format files: a 12 GB XL-XXL checkpoint is paged in, not copied into RAM first.
+                data = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err) and "zip" not in str(err):
+                    raise
+                data = torch.load(path, map_location=map_location, weights_only=True)  # legacy format
     except Exception as err:
         raise CheckpointError(
             f"cannot read checkpoint '{path}': {type(err).__name__}: {err}. "
