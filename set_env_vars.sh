@@ -21,12 +21,10 @@ fi
 
 # torchrun of the active python (the one that has torch), else whatever is on PATH.
 if [ -z "${TORCH_RUN_PATH:-}" ]; then
-  _gigatok_python="$(command -v python 2>/dev/null || command -v python3 2>/dev/null || true)"
-  if [ -n "$_gigatok_python" ] && [ -x "$(dirname "$_gigatok_python")/torchrun" ]; then
-    TORCH_RUN_PATH="$(dirname "$_gigatok_python")/torchrun"
-  else
-    TORCH_RUN_PATH="torchrun"
-  fi
+  # torchrun behind gigatok.launch (same arguments; a failed worker is reported without torchrun's traceback).
+  # Set TORCH_RUN_PATH to a torchrun binary to use it directly.
+  _gigatok_python="$(command -v python 2>/dev/null || command -v python3 2>/dev/null || echo python)"
+  TORCH_RUN_PATH="$_gigatok_python -m gigatok.launch"
   unset _gigatok_python
 fi
 export TORCH_RUN_PATH

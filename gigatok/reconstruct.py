@@ -13,6 +13,7 @@ each rank reconstructs a strided shard of the images.
 from __future__ import annotations
 
 import argparse
+import os
 import contextlib
 import sys
 from pathlib import Path
@@ -148,7 +149,9 @@ def reconstruct(args: argparse.Namespace) -> Path:
     # Setup data: every rank takes a strided shard, so image i is handled by rank i % world_size.
     dataset = ImageFolderDataset(args.data_path, image_size=args.image_size)
     shard = Subset(dataset, range(rank, len(dataset), world_size))
-    loader = DataLoader(shard, batch_size=args.per_proc_batch_size, shuffle=False, num_workers=args.num_workers,
+    # More loader workers than cores per rank only adds contention (the official default 4 assumes a GPU node).
+    num_workers = min(args.num_workers, max((os.cpu_count() or 1) // get_world_size(), 1))
+    loader = DataLoader(shard, batch_size=args.per_proc_batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda", drop_last=False)
     logger.info(f"{len(dataset)} images under '{args.data_path}' ({len(shard)} on rank 0), "
                 f"{args.image_size} px -> {image_size_eval} px")

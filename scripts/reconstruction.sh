@@ -8,14 +8,16 @@
 # Without a GPU it runs on CPU (gloo backend), one process per "GPU".
 set -x
 
-GPUS=${GPUS:-${gpus:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)}}
+# Lowercase gpus (per command, as in the official README) wins over GPUS (exported by set_env_vars.sh).
+GPUS=${gpus:-${GPUS:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)}}
 if ! [ "${GPUS}" -ge 1 ] 2>/dev/null; then GPUS=1; fi  # no GPU visible: one CPU process
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 PORT=${PORT:-55565}
-if [ -z "${TORCH_RUN_PATH}" ]; then
-    if command -v torchrun >/dev/null 2>&1; then TORCH_RUN_PATH=torchrun; else TORCH_RUN_PATH="python -m torch.distributed.run"; fi
+# Default launcher: torchrun behind gigatok.launch, which reports a failed worker without torchrun's traceback.
+if [ -z "${TORCH_RUN_PATH:-}" ]; then
+    TORCH_RUN_PATH="$(command -v python || command -v python3) -m gigatok.launch"
 fi
 # Make the package importable from any working directory (paths in the arguments stay relative to it).
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -154,3 +154,18 @@ def test_launcher_script_with_torchrun_on_cpu(checkpoint, data_dir, tmp_path):
         _check_outputs(folder, with_lpips=True)
         outputs[gpus] = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert outputs[1] == outputs[2]
+
+
+def test_launcher_reports_a_user_error_without_a_traceback(data_dir, tmp_path):
+    """A worker's user error (missing checkpoint) ends the launch with its exit code and message, and without the
+    launcher's own Python traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "gpus": "1", "PORT": str(_free_port()),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("GPUS", "TORCH_RUN_PATH", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+    argv = _argv(data_dir, tmp_path / "out", str(tmp_path / "missing.pt"), "--device", "cpu")
+    result = subprocess.run(["bash", str(REPO / "scripts" / "reconstruction.sh"), *argv], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "missing.pt" in result.stderr and "Traceback" not in result.stderr
+    assert "launch: worker rank(s) [0] failed with exit code [2]" in result.stderr
