@@ -117,11 +117,13 @@ def _strip_wrapper_prefixes(key: str) -> str:
 
 
 def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint",
-                           ignore: tuple[str, ...] = ()) -> None:
+                           ignore: tuple[str, ...] = (), hint: str = "Check that the config matches the checkpoint "
+                           "(e.g. VQ_SS256.yaml for VQ_SS256_e100.pt).") -> None:
     """`load_state_dict(strict=True)` with a readable error listing missing, unexpected and mis-shaped keys.
 
     Args:
         ignore: key suffixes dropped from `state` before loading (e.g. a stray `freqs_cis`).
+        hint: the last line of the error, saying what usually causes a mismatch.
     """
     state = {k: v for k, v in state.items() if not (ignore and k.endswith(ignore))}
     own = module.state_dict()
@@ -140,7 +142,7 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
             f"{source} does not match the model ({type(module).__name__}):"
             + _fmt("missing keys", missing) + _fmt("unexpected keys", unexpected)
             + _fmt("shape mismatches", mismatched)
-            + "\n  Check that the config matches the checkpoint (e.g. VQ_SS256.yaml for VQ_SS256_e100.pt)."
+            + f"\n  {hint}"
         )
     module.load_state_dict(state, strict=True)
 

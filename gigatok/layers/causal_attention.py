@@ -1,0 +1,90 @@
+"""Causal multi-head self-attention of the LlamaGen/GigaTok GPT: fused `wqkv`, SDPA, RoPE, optional KV cache.
+
+Two call modes:
+- training / teacher forcing: no `input_pos`; SDPA with `is_causal=True` over the given sequence.
+- cached decoding: `input_pos` (S,) gives the absolute positions of the S new tokens; their keys/values are
+  written into the attached `KVCache` and the queries attend over the whole cache under a boolean mask.
+
+Shape letters: B batch, S positions in this call, S_max cache length, D width, H query heads, Hkv key/value
+heads, Dh head dim (D / H).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kv_cache import KVCache
+from .rope import apply_rope
+
+
+class CausalSelfAttention(nn.Module):
+    """Self-attention with the official parameter names `wqkv` ([q | k | v] rows, no bias) and `wo`.
+
+    Args:
+        dim: width D.
+        n_head: query heads H (D must be divisible by H).
+        n_kv_head: key/value heads Hkv (None: = H; grouped-query attention when smaller).
+        attn_dropout_p: dropout on attention probabilities, training only.
+        resid_dropout_p: dropout after `wo` (LlamaGen's `resid_dropout`), training only.
+        use_qk_norm: LayerNorm over Dh (affine, eps 1e-5: GigaTok's `--qk-norm` uses `nn.LayerNorm(head_dim)`,
+            keys `q_norm.weight/bias`, `k_norm.weight/bias`) on queries and keys before RoPE; off in every
+            released model.
+    """
+
+    def __init__(self, dim: int, n_head: int, n_kv_head: int | None = None, attn_dropout_p: float = 0.0,
+                 resid_dropout_p: float = 0.0, use_qk_norm: bool = False) -> None:
+        super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if dim % n_head or n_head % n_kv_head:
+            raise ValueError(f"need dim % n_head == 0 and n_head % n_kv_head == 0, got {dim}, {n_head}, {n_kv_head}")
+        self.dim, self.n_head, self.n_kv_head = dim, n_head, n_kv_head
+        self.head_dim = dim // n_head
+        self.wqkv = nn.Linear(dim, (n_head + 2 * n_kv_head) * self.head_dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.attn_dropout_p = attn_dropout_p
+        self.resid_dropout = nn.Dropout(resid_dropout_p)
+        self.q_norm = nn.LayerNorm(self.head_dim) if use_qk_norm else None
+        self.k_norm = nn.LayerNorm(self.head_dim) if use_qk_norm else None
+        # Attached by the GPT's `setup_caches` for decoding, detached again by `remove_caches`.
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend causally.
+
+        Args:
+            x: (B, S, D) normalised hidden states.
+            rope: (S, Dh/2, 2) cos/sin rows for these positions, or None (no rotary embedding).
+            input_pos: (S,) int64 absolute positions; given = cached decoding (a cache must be attached).
+            mask: boolean (1 or B, 1, S, S_max), True = may attend; required with `input_pos`.
+
+        Returns:
+            (B, S, D), same dtype as `x`.
+        """
+        b, s, _ = x.shape
+        kv_dim = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([self.dim, kv_dim, kv_dim], dim=-1)
+        q = q.view(b, s, self.n_head, self.head_dim)  # (B, S, D) -> (B, S, H, Dh)
+        k = k.view(b, s, self.n_kv_head, self.head_dim)  # (B, S, Hkv, Dh)
+        v = v.view(b, s, self.n_kv_head, self.head_dim)  # (B, S, Hkv, Dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H or Hkv, S, Dh)
+
+        if input_pos is not None:
+            if self.kv_cache is None or mask is None:
+                raise RuntimeError("cached attention needs an attached KV cache and a mask (call setup_caches)")
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S_max, Dh)
+        if self.n_kv_head != self.n_head:
+            # grouped-query attention: every key/value head serves n_head // n_kv_head consecutive query heads
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, S or S_max, Dh)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, is_causal=mask is None,
+            dropout_p=self.attn_dropout_p if self.training else 0.0,
+        )  # (B, H, S, Dh)
+        out = out.transpose(1, 2).contiguous().view(b, s, self.dim)  # (B, H, S, Dh) -> (B, S, D)
+        return self.resid_dropout(self.wo(out))
