@@ -103,10 +103,15 @@ def load_tokenizer(checkpoint: str | os.PathLike | None, config: VQConfig | str 
     """
     if not isinstance(config, VQConfig):
         config = load_config(config, overrides)
-    tokenizer = build_tokenizer(config)
-    if checkpoint is not None:
-        source = str(checkpoint)
-        state = read_tokenizer_weights(checkpoint)
-        state = _adapt_resolution(state, tokenizer, interpolate_pos_embed, source)
-        load_state_dict_strict(tokenizer, state, source=source)
+    if checkpoint is None:
+        return build_tokenizer(config).to(device).eval()
+    source = str(checkpoint)
+    state = read_tokenizer_weights(checkpoint)
+    # Build on the meta device and adopt the (memory-mapped) checkpoint tensors: no random init of billions of
+    # parameters and no second copy of the weights in RAM.
+    tokenizer = build_tokenizer(config, device="meta")
+    state = _adapt_resolution(state, tokenizer, interpolate_pos_embed, source)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    load_state_dict_strict(tokenizer, state, source=source, assign=True)
+    tokenizer.restore_memory_format()
     return tokenizer.to(device).eval()

@@ -118,12 +118,14 @@ def _strip_wrapper_prefixes(key: str) -> str:
 
 def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint",
                            ignore: tuple[str, ...] = (), hint: str = "Check that the config matches the checkpoint "
-                           "(e.g. VQ_SS256.yaml for VQ_SS256_e100.pt).") -> None:
+                           "(e.g. VQ_SS256.yaml for VQ_SS256_e100.pt).", assign: bool = False) -> None:
     """`load_state_dict(strict=True)` with a readable error listing missing, unexpected and mis-shaped keys.
 
     Args:
         ignore: key suffixes dropped from `state` before loading (e.g. a stray `freqs_cis`).
         hint: the last line of the error, saying what usually causes a mismatch.
+        assign: adopt the checkpoint's tensors instead of copying into the module's (for a module built on the
+            meta device: no second copy of the weights in memory).
     """
     state = {k: v for k, v in state.items() if not (ignore and k.endswith(ignore))}
     own = module.state_dict()
@@ -144,7 +146,7 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
             + _fmt("shape mismatches", mismatched)
             + f"\n  {hint}"
         )
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> None:

@@ -186,6 +186,11 @@ class _HybridTokenizer(nn.Module):
             out.recon_direct = self.decoder(s)
         return out
 
+    def restore_memory_format(self) -> None:
+        """Put the CNN weights back in channels-last layout (after adopting checkpoint tensors with assign=True)."""
+        self.encoder.to(memory_format=torch.channels_last)
+        self.decoder.to(memory_format=torch.channels_last)
+
     def get_fsdp_wrap_module_list(self) -> list[nn.Module]:
         """The transformer layers: FSDP wrap units."""
         return [*self.token_encoder.transformer, *self.token_decoder.transformer]
