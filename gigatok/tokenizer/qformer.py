@@ -47,6 +47,15 @@ def multi_level_queries(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return torch.cat(groups, dim=1)
 
 
+def make_distill_mlp(width: int, out_dim: int, distill_depth: int, num_layers: int) -> nn.Sequential:
+    """REPA-style projector from decoder states (D) to the teacher's features (Do): Linear-SiLU-Linear-SiLU-Linear
+    with hidden width 4D (keys `distill_mlp.{0,2,4}`)."""
+    if not 1 <= distill_depth <= num_layers:
+        raise ValueError(f"distill_depth {distill_depth} must be in 1..{num_layers} (decoder layers)")
+    return nn.Sequential(nn.Linear(width, width * 4), nn.SiLU(), nn.Linear(width * 4, width * 4), nn.SiLU(),
+                         nn.Linear(width * 4, out_dim))
+
+
 def _pos_table(rows: int, width: int) -> nn.Parameter:
     """Learned absolute positions (rows, 1, D), init width**-0.5 * N(0, 1) (official layout, sequence-first)."""
     return nn.Parameter(width**-0.5 * torch.randn(rows, 1, width))
@@ -129,12 +138,7 @@ class QFormerDecoder(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.conv_out = nn.Conv2d(width, token_size, kernel_size=3, padding=1)
         if distill_depth is not None:
-            if not 1 <= distill_depth <= num_layers:
-                raise ValueError(f"distill_depth {distill_depth} must be in 1..{num_layers} (decoder layers)")
-            self.distill_mlp = nn.Sequential(
-                nn.Linear(width, width * 4), nn.SiLU(), nn.Linear(width * 4, width * 4), nn.SiLU(),
-                nn.Linear(width * 4, out_inner_dim),
-            )
+            self.distill_mlp = make_distill_mlp(width, out_inner_dim, distill_depth, num_layers)
 
     def forward(self, quant: torch.Tensor, ret_inner_feat: bool = False,
                 return_feat: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -228,12 +232,7 @@ class ViTDecoder2D(ViTEncoder2D):
                          out_kernel=3, embed_name="decoder_embed")
         self.distill_depth = distill_depth
         if distill_depth is not None:
-            if not 1 <= distill_depth <= num_layers:
-                raise ValueError(f"distill_depth {distill_depth} must be in 1..{num_layers} (decoder layers)")
-            self.distill_mlp = nn.Sequential(
-                nn.Linear(width, width * 4), nn.SiLU(), nn.Linear(width * 4, width * 4), nn.SiLU(),
-                nn.Linear(width * 4, out_inner_dim),
-            )
+            self.distill_mlp = make_distill_mlp(width, out_inner_dim, distill_depth, num_layers)
 
     def forward(self, quant: torch.Tensor, ret_inner_feat: bool = False,  # type: ignore[override]
                 return_feat: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
