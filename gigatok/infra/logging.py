@@ -1,0 +1,235 @@
+"""Training metrics: cross-rank reduction, one logger for every sink, and a guard against non-finite losses.
+
+- `reduce_metrics` averages a dict of scalars over ranks with ONE all-reduce (a no-op without a process group).
+- `MetricsLogger` writes, on rank 0 only: the console and `log.txt` (through the `gigatok` logger of
+  `dist.setup_logging`), `metrics.jsonl` (one JSON object per logged step), and optionally Weights & Biases and
+  TensorBoard. Both are optional dependencies, imported only when asked for. On other ranks every method is a
+  no-op, so the loop calls them unconditionally.
+- `NonFiniteGuard` decides, identically on all ranks, whether to skip a step with a NaN/inf loss, and stops the
+  run with an actionable error after too many in a row.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gigatok.infra.dist import get_world_size, is_main_process, setup_logging
+
+logger = logging.getLogger(__name__)
+
+WANDB_MODES = ("disabled", "online", "offline")
+
+
+def reduce_metrics(metrics: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Mean of each scalar over all ranks, as python floats (the values every rank then logs identically).
+
+    Args:
+        metrics: name -> 0-d tensor (any device/dtype, detached or not) or number. Every rank must pass the same
+            names (order does not matter).
+
+    Returns:
+        name -> mean over ranks (the local value without a process group).
+    """
+    names = sorted(metrics)
+    if not names:
+        return {}
+    tensors = [v for v in metrics.values() if isinstance(v, torch.Tensor)]
+    if not dist.is_initialized() or get_world_size() == 1:
+        return {k: float(metrics[k].detach().float().mean() if isinstance(metrics[k], torch.Tensor) else metrics[k])
+                for k in names}
+    if tensors:
+        device = tensors[0].device
+    elif dist.get_backend() == "nccl":  # plain numbers only: NCCL still needs them on the GPU
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    # One stacked float64 vector, one collective, one host sync for all metrics.
+    packed = torch.stack([
+        metrics[k].detach().to(device, torch.float64).mean() if isinstance(metrics[k], torch.Tensor)
+        else torch.tensor(float(metrics[k]), device=device, dtype=torch.float64) for k in names])
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    values = (packed / get_world_size()).tolist()
+    return dict(zip(names, values))
+
+
+def _json_value(value: Any) -> Any:
+    """Floats as JSON numbers; NaN/inf as null (strict JSON has no NaN)."""
+    value = float(value.detach().float().item()) if isinstance(value, torch.Tensor) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    """One `log(step, metrics)` for the console, `log.txt`, `metrics.jsonl`, W&B and TensorBoard (rank 0 only).
+
+    Args:
+        run_dir: run directory; receives `metrics.jsonl` (appended to, so resumed runs continue the file),
+            `log.txt` (if the `gigatok` logger is not configured yet, it is set up here with
+            `setup_logging(run_dir)`), `tensorboard/` and `wandb/`.
+        wandb_mode: "disabled" (default), "online" or "offline".
+        wandb_project, wandb_name: W&B project and run name; the run id is kept in `run_dir/wandb_run_id.txt`
+            so a resumed run continues the same W&B run.
+        config: the resolved config (plain dict), attached to the W&B run.
+        use_tensorboard: also write TensorBoard scalars to `run_dir/tensorboard`.
+
+    Raises:
+        ValueError: a W&B mode other than the three above; wandb / tensorboard requested but not installed.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, wandb_mode: str = "disabled", wandb_project: str = "gigatok",
+                 wandb_name: str | None = None, config: Mapping[str, Any] | None = None,
+                 use_tensorboard: bool = False) -> None:
+        if wandb_mode not in WANDB_MODES:
+            raise ValueError(f"unknown wandb mode '{wandb_mode}': use one of {WANDB_MODES}")
+        self.run_dir = Path(run_dir)
+        self.enabled = is_main_process()
+        self._jsonl = None
+        self._wandb = None
+        self._tb = None
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not logging.getLogger("gigatok").handlers:
+            setup_logging(self.run_dir)
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if wandb_mode != "disabled":
+            self._wandb = self._init_wandb(wandb_mode, wandb_project, wandb_name, config)
+        if use_tensorboard:
+            self._tb = self._init_tensorboard()
+
+    def _init_wandb(self, mode: str, project: str, name: str | None, config: Mapping[str, Any] | None) -> Any:
+        try:
+            import wandb
+        except ImportError:
+            raise ValueError(f"wandb logging was requested (mode '{mode}') but the 'wandb' package is not "
+                             "installed: `pip install wandb` (or `pip install gigatok[wandb]`), or set the wandb "
+                             "mode to 'disabled'") from None
+        id_file = self.run_dir / "wandb_run_id.txt"
+        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        (self.run_dir / "wandb").mkdir(exist_ok=True)
+        return wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode,
+                          dir=str(self.run_dir / "wandb"), config=dict(config) if config else None)
+
+    def _init_tensorboard(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("TensorBoard logging was requested but the 'tensorboard' package is not installed: "
+                             "`pip install tensorboard`, or turn TensorBoard logging off") from None
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: Mapping[str, Any], console: bool = True) -> None:
+        """Record the (already reduced) scalars of one step in every sink.
+
+        Args:
+            step: global optimizer step, the x-axis everywhere.
+            metrics: name -> float or 0-d tensor, e.g. `{"train/loss": 0.12, "train/lr": 1e-4}`.
+            console: also print a line to the console / `log.txt` (off for high-frequency series).
+        """
+        if not self.enabled:
+            return
+        values = {k: _json_value(v) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._jsonl.flush()  # a crashed run keeps every line written so far
+        if console:
+            logging.getLogger("gigatok").info(
+                "(step=%07d) %s", step, " ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
+        if self._wandb is not None:
+            self._wandb.log({k: (float("nan") if v is None else v) for k, v in values.items()}, step=int(step))
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, global_step=int(step))
+
+    def close(self) -> None:
+        """Flush and close every sink (safe to call twice)."""
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "nan" if value is None else str(value)
+
+
+class NonFiniteGuard:
+    """Skip optimizer steps whose loss is NaN/inf; stop with a clear error after too many in a row.
+
+    The decision is all-reduced (any rank non-finite => every rank skips), so DDP ranks never disagree about
+    running backward. Costs one host sync per step (plus one tiny all-reduce under a process group).
+
+    Args:
+        max_consecutive: consecutive non-finite steps tolerated; the next one raises. 0 = raise on the first.
+
+    Attributes:
+        num_skipped: total skipped steps (log it, e.g. as `train/skipped_steps`).
+        consecutive: current run of skipped steps.
+    """
+
+    def __init__(self, max_consecutive: int = 10) -> None:
+        if max_consecutive < 0:
+            raise ValueError(f"max_consecutive must be >= 0; got {max_consecutive}")
+        self.max_consecutive = max_consecutive
+        self.num_skipped = 0
+        self.consecutive = 0
+
+    def check(self, loss: torch.Tensor | float, step: int | None = None) -> bool:
+        """True if this step must be skipped (loss not finite on some rank); call on every rank, before backward.
+
+        Raises:
+            RuntimeError: after more than `max_consecutive` non-finite steps in a row.
+        """
+        if isinstance(loss, torch.Tensor):
+            bad = (~torch.isfinite(loss.detach())).any().to(torch.float32)
+        else:
+            bad = torch.tensor(0.0 if math.isfinite(loss) else 1.0)
+        if dist.is_initialized() and get_world_size() > 1:
+            if dist.get_backend() == "nccl" and not bad.is_cuda:
+                bad = bad.cuda()
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if not bool(bad.item()):
+            self.consecutive = 0
+            return False
+        self.num_skipped += 1
+        self.consecutive += 1
+        where = f"step {step}" if step is not None else "this step"
+        if self.consecutive > self.max_consecutive:
+            raise RuntimeError(
+                f"the loss was NaN/inf for {self.consecutive} consecutive steps (at {where}; {self.num_skipped} "
+                "steps skipped in total). Training is diverging. Try: a lower learning rate or a longer warm-up, "
+                "bf16 instead of fp16 mixed precision (fp16 overflows), a smaller max_grad_norm, and check the data "
+                "for corrupt samples. Resume from the last checkpoint after changing the config.")
+        logger.warning("non-finite loss at %s: skipping the update (%d in a row, %d skipped in total)",
+                       where, self.consecutive, self.num_skipped)
+        return True
+
+    def state_dict(self) -> dict[str, int]:
+        return {"num_skipped": self.num_skipped, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.num_skipped = int(state.get("num_skipped", 0))
+        self.consecutive = int(state.get("consecutive", 0))

@@ -1,0 +1,104 @@
+"""AdamW with the official weight-decay policies, as a function of a model (not a method on it).
+
+Three policies, matching the official trainers:
+- "all": one group, weight decay on every parameter, biases and norms included (official tokenizer DDP,
+  `vq_train.py`). One group, so official optimizer state dicts load unchanged.
+- "no_norm_bias": no decay on biases and on the parameters of normalisation layers (LayerNorm, GroupNorm,
+  BatchNorm, RMSNorm, ...), nor on any parameter whose name contains "norm" (the official FSDP tokenizer rule).
+- "matrices_only": decay only on parameters with >= 2 dimensions (official GPT `creat_optimizer`: embeddings,
+  class table and all matrices decay; RMSNorm weights and any other 1-D tensor do not).
+Groups are ordered [decay, no_decay] as in the official GPT optimizer; empty groups are dropped.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+DECAY_POLICIES = ("all", "no_norm_bias", "matrices_only")
+
+
+def _norm_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters owned directly by a normalisation layer (by type or by class name)."""
+    norm_types: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
+    if hasattr(nn, "RMSNorm"):
+        norm_types += (nn.RMSNorm,)
+    names = set()
+    for module_name, module in model.named_modules():
+        # Class-name match catches our own RMSNorm; recurse=False keeps e.g. AdaptiveGroupNorm's gamma/beta Linear
+        # layers (style projections, not norm affine params) in the decay group.
+        if isinstance(module, norm_types) or "Norm" in type(module).__name__:
+            for param_name, _ in module.named_parameters(recurse=False):
+                names.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return names
+
+
+def split_decay_parameters(model: nn.Module, decay_policy: str = "all"
+                           ) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+    """Split the trainable parameters of `model` into (decay, no_decay) lists of (name, param).
+
+    Frozen parameters (`requires_grad=False`) are left out; shared (tied) parameters appear once.
+    """
+    if decay_policy not in DECAY_POLICIES:
+        raise ValueError(f"unknown weight-decay policy '{decay_policy}': use one of {DECAY_POLICIES}")
+    norm_names = _norm_parameter_names(model) if decay_policy == "no_norm_bias" else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if decay_policy == "all":
+            exempt = False
+        elif decay_policy == "matrices_only":
+            exempt = param.dim() < 2
+        else:
+            exempt = name in norm_names or "norm" in name or name.endswith("bias")
+        (no_decay if exempt else decay).append((name, param))
+    return decay, no_decay
+
+
+def build_adamw(model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.0,
+                decay_policy: str = "all", fused: bool | None = None, eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of `model` with one of the official weight-decay policies.
+
+    Args:
+        model: the module to optimise, wrapped (DDP, torch.compile) or not: names only decide the exempt set,
+            and "norm"/"bias" survive wrapper prefixes.
+        lr: initial learning rate (the schedule overwrites it before every step, see `schedules.set_lr`).
+        betas: Adam betas (official (0.9, 0.95)).
+        weight_decay: decoupled weight decay of the decay group (tokenizer 1e-4, GPT 0.05).
+        decay_policy: "all", "no_norm_bias" or "matrices_only" (see the module docstring).
+        fused: use the fused CUDA kernel; None = fused when every parameter lives on a CUDA device.
+        eps: Adam epsilon.
+
+    Returns:
+        The optimizer. Each param group carries a `name` ("decay" / "no_decay") and `num_params` entry;
+        `summarize_param_groups` turns them into a report, which is also logged here.
+    """
+    decay, no_decay = split_decay_parameters(model, decay_policy)
+    if not decay and not no_decay:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters to optimise")
+    params = [p for _, p in decay + no_decay]
+    if fused is None:
+        fused = all(p.is_cuda for p in params)
+    groups: list[dict[str, Any]] = []
+    for name, items, wd in (("decay", decay, weight_decay), ("no_decay", no_decay, 0.0)):
+        if items:
+            groups.append({"params": [p for _, p in items], "weight_decay": wd, "name": name,
+                           "num_params": sum(p.numel() for _, p in items)})
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+    summary = summarize_param_groups(optimizer)
+    logger.info("AdamW (%s, fused=%s, lr=%g, betas=%s): %s", decay_policy, bool(fused), lr, tuple(betas),
+                ", ".join(f"{g['name']}: {g['num_tensors']} tensors / {g['num_params']:,} params "
+                          f"(weight_decay={g['weight_decay']:g})" for g in summary))
+    return optimizer
+
+
+def summarize_param_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Per group: name, number of tensors, number of scalar parameters and weight decay."""
+    return [{"name": group.get("name", f"group{i}"), "num_tensors": len(group["params"]),
+             "num_params": sum(p.numel() for p in group["params"]), "weight_decay": group["weight_decay"]}
+            for i, group in enumerate(optimizer.param_groups)]

@@ -1,0 +1,86 @@
+"""AdamW builder: which parameters get weight decay under each official policy, and the fused switch."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gigatok.infra.optim import build_adamw, split_decay_parameters, summarize_param_groups
+from gigatok.layers.conv import AdaptiveGroupNorm
+
+
+class RMSNorm(nn.Module):  # stands in for our own norm class: matched by class name, not by type
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(10, 8)          # 2-D
+        self.proj = nn.Linear(8, 8)                        # weight 2-D, bias 1-D
+        self.ln_pre = nn.LayerNorm(8)                      # norm by type, name without "norm"
+        self.gn = nn.GroupNorm(2, 8)
+        self.attention_norm = RMSNorm(8)                   # norm by class name (and by "norm" in the name)
+        self.adaptive = AdaptiveGroupNorm(4, 32)           # gamma/beta Linear: style projections, not norm params
+        self.positional_embedding = nn.Parameter(torch.zeros(5, 8))
+        self.scale = nn.Parameter(torch.ones(8))           # 1-D, not a norm, not a bias
+        self.frozen = nn.Parameter(torch.ones(3), requires_grad=False)
+
+
+def _names(items):
+    return sorted(name for name, _ in items)
+
+
+def test_policy_all_is_one_group():
+    model = Toy()
+    decay, no_decay = split_decay_parameters(model, "all")
+    assert not no_decay and "frozen" not in _names(decay)
+    opt = build_adamw(model, lr=1e-4, weight_decay=1e-4, decay_policy="all")
+    assert len(opt.param_groups) == 1  # official tokenizer optimizers have one group: their state dicts load
+    assert opt.param_groups[0]["weight_decay"] == 1e-4 and opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_policy_matrices_only_matches_official_gpt():
+    decay, no_decay = split_decay_parameters(Toy(), "matrices_only")
+    assert _names(decay) == ["adaptive.beta.weight", "adaptive.gamma.weight", "positional_embedding",
+                             "proj.weight", "tok_embeddings.weight"]
+    assert all(p.dim() < 2 for _, p in no_decay) and "scale" in _names(no_decay)
+
+
+def test_policy_no_norm_bias():
+    decay, no_decay = split_decay_parameters(Toy(), "no_norm_bias")
+    assert _names(no_decay) == ["adaptive.beta.bias", "adaptive.gamma.bias", "attention_norm.weight",
+                                "gn.bias", "gn.weight", "ln_pre.bias", "ln_pre.weight", "proj.bias"]
+    assert "scale" in _names(decay) and "adaptive.gamma.weight" in _names(decay)
+
+
+def test_groups_summary_and_order():
+    opt = build_adamw(Toy(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, decay_policy="matrices_only")
+    summary = summarize_param_groups(opt)
+    assert [g["name"] for g in summary] == ["decay", "no_decay"]
+    assert [g["weight_decay"] for g in summary] == [0.05, 0.0]
+    total = sum(p.numel() for p in Toy().parameters() if p.requires_grad)
+    assert sum(g["num_params"] for g in summary) == total
+    assert not opt.defaults["fused"]  # CPU parameters: no fused kernel
+
+
+def test_wrapped_model_and_decay_applied():
+    model = Toy()
+    opt = build_adamw(torch.compile(model), lr=0.1, weight_decay=0.5, decay_policy="no_norm_bias")
+    with torch.no_grad():
+        before = {n: p.clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # zero gradient: only decoupled weight decay moves a parameter
+    opt.step()
+    assert not torch.equal(model.proj.weight, before["proj.weight"])
+    assert torch.equal(model.proj.bias, before["proj.bias"])
+    assert torch.equal(model.ln_pre.weight, before["ln_pre.weight"])
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="policy"):
+        build_adamw(Toy(), lr=1e-4, decay_policy="everything")
+    with pytest.raises(ValueError, match="no trainable"):
+        build_adamw(nn.Linear(2, 2).requires_grad_(False), lr=1e-4)
