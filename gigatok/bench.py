@@ -4,11 +4,18 @@
         --mode encode_decode|train [--precision fp32|bf16] [--threads N] [--repeat N] [--device cpu|cuda]
         [--official-root PATH]
 
-`encode_decode` times `decode(encode(x))` under inference mode; `train` times one forward + backward of the
-training forward (shortcut outputs and distill features on, as in the official trainer's first steps).
+    python -m gigatok.bench gpt --gpt-model GPT-B --mode generate|train --batch-size 8 [--cfg-scale 4.0]
+        [--compile] [--precision fp32|bf16] [--threads N] [--repeat N] [--device cpu|cuda]
+
+Tokenizer: `encode_decode` times `decode(encode(x))` under inference mode; `train` times one forward + backward
+of the training forward (shortcut outputs and distill features on, as in the official trainer's first steps).
 With `--official-root` (a checkout of SilentView/GigaTok), the official model is timed too, with the same
 weights and input, each implementation in its own subprocess so that `peak_rss_mb` is its own; the JSON line
 then holds both results and the speedup.
+
+GPT (random weights; timing does not depend on them): `generate` times sampling `--num-tokens` codes per image
+with the KV cache (the batch is doubled when `--cfg-scale` > 1, and the model is cast to `--precision` as the
+sampler does); `train` times one teacher-forced forward + backward (autocast under bf16, as in training).
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from gigatok.gpt.model import GPT_MODELS
 
 
 def _peak_rss_mb() -> float:
@@ -114,15 +123,63 @@ def bench_tokenizer(args: argparse.Namespace) -> dict:
     else:
         model.train()
         times = time_fn(train_step, args.repeat, device)
-    result = {
-        "bench": "tokenizer", "impl": args.impl, "model_config": args.model_config, "mode": args.mode,
-        "batch_size": args.batch_size, "precision": args.precision, "threads": torch.get_num_threads(),
-        "device": str(device), "median_s": statistics.median(times), "times_s": [round(t, 4) for t in times],
-        "images_per_s": args.batch_size / statistics.median(times), "peak_rss_mb": round(_peak_rss_mb(), 1),
-    }
+    result = {"bench": "tokenizer", "impl": args.impl, "model_config": args.model_config,
+              "images_per_s": args.batch_size / statistics.median(times)}
+    return _summary(result, args, times, device)
+
+
+def _summary(result: dict, args: argparse.Namespace, times: list[float], device: torch.device) -> dict:
+    """Add the fields every benchmark reports: settings, times, and peak host (and CUDA) memory."""
+    result = {**result, "mode": args.mode, "batch_size": args.batch_size, "precision": args.precision,
+              "threads": torch.get_num_threads(), "device": str(device), "median_s": statistics.median(times),
+              "times_s": [round(t, 4) for t in times], "peak_rss_mb": round(_peak_rss_mb(), 1)}
     if device.type == "cuda":
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return result
+
+
+def bench_gpt(args: argparse.Namespace) -> dict:
+    """Time GPT sampling or one training step on random weights and random codes."""
+    from gigatok.builders_gpt import build_gpt
+    from gigatok.gpt.generate import generate
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    gpt = build_gpt(args.gpt_model, vocab_size=args.vocab_size, block_size=args.num_tokens,
+                    num_classes=args.num_classes).to(device)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=gen).to(device)  # (B,)
+    codes = torch.randint(0, args.vocab_size, (args.batch_size, args.num_tokens), generator=gen).to(device)  # (B, N)
+    use_bf16 = args.precision == "bf16"
+
+    if args.mode == "generate":
+        # The sampler casts the whole GPT (no autocast), so the KV cache is in that dtype too.
+        gpt = gpt.to(torch.bfloat16 if use_bf16 else torch.float32).eval()
+        generator = torch.Generator(device).manual_seed(0)
+
+        def step() -> None:
+            generate(gpt, labels, args.num_tokens, cfg_scale=args.cfg_scale, generator=generator,
+                     compile=args.compile)
+    else:
+        gpt.train()
+        model = torch.compile(gpt) if args.compile else gpt
+
+        def step() -> None:
+            gpt.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                _, loss = model(codes[:, :-1], labels, targets=codes)  # logits (B, N, K) vs codes (B, N)
+            loss.backward()
+
+    times = time_fn(step, args.repeat, device)
+    median = statistics.median(times)
+    result = {"bench": "gpt", "gpt_model": args.gpt_model, "num_tokens": args.num_tokens,
+              "vocab_size": args.vocab_size, "compile": args.compile}
+    if args.mode == "generate":
+        result.update(cfg_scale=args.cfg_scale, images_per_s=args.batch_size / median,
+                      tokens_per_s=args.batch_size * args.num_tokens / median)
+    else:
+        result["tokens_per_s"] = args.batch_size * args.num_tokens / median
+    return _summary(result, args, times, device)
 
 
 def _run_side_by_side(argv: list[str], rounds: int) -> dict:
@@ -161,10 +218,25 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--official-root", default=None, help="checkout of SilentView/GigaTok to time side by side")
     tok.add_argument("--rounds", type=int, default=2, help="side by side: alternating subprocess runs per impl")
     tok.add_argument("--impl", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
+    gpt = sub.add_parser("gpt", help="GPT sampling (KV cache) or teacher-forced train step")
+    gpt.add_argument("--gpt-model", choices=list(GPT_MODELS), default="GPT-B")
+    gpt.add_argument("--mode", choices=["generate", "train"], default="generate")
+    gpt.add_argument("--batch-size", type=int, default=8, help="images (before the CFG doubling)")
+    gpt.add_argument("--cfg-scale", type=float, default=4.0, help="generate: > 1 doubles the decoded rows")
+    gpt.add_argument("--num-tokens", type=int, default=256, help="codes per image (GigaTok: 256)")
+    gpt.add_argument("--vocab-size", type=int, default=16384, help="codebook size K")
+    gpt.add_argument("--num-classes", type=int, default=1000)
+    gpt.add_argument("--compile", action="store_true", help="torch.compile the decode step / the model")
+    gpt.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    gpt.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    gpt.add_argument("--repeat", type=int, default=3)
+    gpt.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.official_root and args.impl is None:
+    if args.bench == "gpt":
+        result = bench_gpt(args)
+    elif args.official_root and args.impl is None:
         result = _run_side_by_side(list(argv), args.rounds)
     else:
         args.impl = args.impl or "ours"

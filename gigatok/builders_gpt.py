@@ -16,7 +16,7 @@ import torch
 
 from gigatok.gpt.config import GPTConfig
 from gigatok.gpt.model import GPT, GPT_MODELS
-from gigatok.infra.checkpoint import CheckpointError, extract_state_dict, load_state_dict_strict, read_checkpoint
+from gigatok.infra.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
 
@@ -70,10 +70,7 @@ def load_gpt(checkpoint: str | os.PathLike | Mapping[str, Any], gpt_model: str, 
     with torch.device("meta"):
         gpt = GPT(config)
     gpt.to_empty(device=device)
-    try:
-        load_state_dict_strict(gpt, state, source=source, ignore=("freqs_cis",))
-    except CheckpointError as err:
-        raise CheckpointError(f"{err}\n  {_pos_type_hint(state, pos_type)}") from None
+    load_state_dict_strict(gpt, state, source=source, ignore=("freqs_cis",), hint=_pos_type_hint(state, pos_type))
     return gpt.eval()
 
 
