@@ -118,12 +118,14 @@ def test_cached_logits_equal_teacher_forced_logits(pos_type, use_cfg):
     codes = torch.randint(0, V, (rows.shape[0], N), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference, _ = gpt(codes[:, :-1], rows)  # (R, N, V)
-        gpt.setup_caches(rows.shape[0], 1 + N)
-        chunks = [gpt.forward_cached(torch.arange(0, 4), codes=codes[:, :3], labels=rows)]  # multi-token prefill
-        for t in range(4, N):  # then one code per step
-            chunks.append(gpt.forward_cached(torch.tensor([t]), codes=codes[:, t - 1:t]))
-        gpt.remove_caches()
-    torch.testing.assert_close(torch.cat(chunks, dim=1), reference, atol=1e-5, rtol=1e-5)
+        for prefix_only in (False, True):  # masked full cache (compile path) / unmasked filled prefix (eager path)
+            kv = (lambda n: n) if prefix_only else (lambda n: None)
+            gpt.setup_caches(rows.shape[0], 1 + N)
+            chunks = [gpt.forward_cached(torch.arange(0, 4), codes=codes[:, :3], labels=rows, kv_len=kv(4))]
+            for t in range(4, N):  # then one code per step
+                chunks.append(gpt.forward_cached(torch.tensor([t]), codes=codes[:, t - 1:t], kv_len=kv(t + 1)))
+            gpt.remove_caches()
+            torch.testing.assert_close(torch.cat(chunks, dim=1), reference, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cfg_scale, schedule, kwargs, interval", [

@@ -183,13 +183,15 @@ def generate(gpt: GPT, labels: torch.Tensor, num_tokens: int, cfg_scale: float =
             step = torch.compile(step, mode="reduce-overhead" if device.type == "cuda" else None, fullgraph=True)
         codes = torch.empty(b, num_tokens, dtype=torch.long, device=device)
         prefill_pos = torch.arange(cfg.cls_token_num, device=device)
-        logits = gpt.forward_cached(prefill_pos, labels=cond)[:, -1]  # (R, K), class position
+        logits = gpt.forward_cached(prefill_pos, labels=cond, kv_len=cfg.cls_token_num)[:, -1]  # (R, K), class pos.
         codes[:, :1] = pick(logits, plan[0])
         for t in range(1, num_tokens):
             x = codes[:, t - 1:t]  # (B, 1)
             x = torch.cat([x, x]) if use_cfg else x  # (R, 1): both halves see the same sampled code
             input_pos = torch.tensor([cfg.cls_token_num + t - 1], device=device)
-            logits = step(input_pos, codes=x)[:, -1]  # (R, K)
+            # Eager: attend over the filled prefix only. Compiled: fixed shapes, masked full cache.
+            kv_len = None if compile else cfg.cls_token_num + t
+            logits = step(input_pos, codes=x, kv_len=kv_len)[:, -1]  # (R, K)
             codes[:, t:t + 1] = pick(logits, plan[t])
     finally:
         gpt.remove_caches()

@@ -50,14 +50,16 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, kv_len: int | None = None) -> torch.Tensor:
         """Attend causally.
 
         Args:
             x: (B, S, D) normalised hidden states.
             rope: (S, Dh/2, 2) cos/sin rows for these positions, or None (no rotary embedding).
             input_pos: (S,) int64 absolute positions; given = cached decoding (a cache must be attached).
-            mask: boolean (1 or B, 1, S, S_max), True = may attend; required with `input_pos`.
+            mask: boolean (1 or B, 1, S, S_max), True = may attend; with `input_pos`, required unless `kv_len`.
+            kv_len: with `input_pos` and no mask: attend over cache slots [0, kv_len) only, causally when S > 1
+                (valid for one new token, or a prefill of slots 0..S-1).
 
         Returns:
             (B, S, D), same dtype as `x`.
@@ -75,15 +77,18 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H or Hkv, S, Dh)
 
         if input_pos is not None:
-            if self.kv_cache is None or mask is None:
-                raise RuntimeError("cached attention needs an attached KV cache and a mask (call setup_caches)")
+            if self.kv_cache is None or (mask is None and kv_len is None):
+                raise RuntimeError("cached attention needs an attached KV cache and a mask or kv_len (call "
+                                   "setup_caches)")
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S_max, Dh)
+            if kv_len is not None:
+                k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # (B, Hkv, kv_len, Dh): the filled prefix
         if self.n_kv_head != self.n_head:
             # grouped-query attention: every key/value head serves n_head // n_kv_head consecutive query heads
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, S or S_max, Dh)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         out = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, is_causal=mask is None,
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, is_causal=mask is None and s > 1,
             dropout_p=self.attn_dropout_p if self.training else 0.0,
         )  # (B, H, S, Dh)
         out = out.transpose(1, 2).contiguous().view(b, s, self.dim)  # (B, H, S, Dh) -> (B, S, D)
