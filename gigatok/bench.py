@@ -138,8 +138,67 @@ def _summary(result: dict, args: argparse.Namespace, times: list[float], device:
     return result
 
 
+def _official_gpt(root: str, gpt_model: str, args: argparse.Namespace) -> tuple[torch.nn.Module, Callable]:
+    """GigaTok's official gpt_1d model and generate() from a checkout of the official repo (learned positions)."""
+    import tempfile
+
+    import torch.distributed as dist
+
+    sys.path.insert(0, root)
+    from autoregressive.models.generate import generate as official_generate  # type: ignore[import-not-found]
+    from autoregressive.models.gpt_1d import GPT_models  # type: ignore[import-not-found]
+
+    if not dist.is_initialized():  # the official generate() calls dist.get_rank()
+        dist.init_process_group("gloo", init_method=f"file://{tempfile.mkdtemp()}/pg", rank=0, world_size=1)
+    model = GPT_models[gpt_model](vocab_size=args.vocab_size, block_size=args.num_tokens,
+                                  num_classes=args.num_classes, cls_token_num=1, model_type="c2i", rope=False,
+                                  use_adaLN=False, use_simple_adaLN=False, use_qk_norm=False, use_flash_attn=False)
+    return model, official_generate
+
+
+def _matmul_shapes(gpt: torch.nn.Module) -> list[tuple[int, int]]:
+    """(out, in) of every weight matrix a decode step multiplies with: per layer wqkv, wo, w1, w3, w2; the head."""
+    shapes = []
+    for layer in gpt.layers:
+        for lin in (layer.attention.wqkv, layer.attention.wo, layer.feed_forward.w1, layer.feed_forward.w3,
+                    layer.feed_forward.w2):
+            shapes.append(tuple(lin.weight.shape))
+    shapes.append(tuple(gpt.output.weight.shape))
+    return shapes
+
+
+def decode_matmul_floor(shapes: list[tuple[int, int]], rows: int, dtype: torch.dtype, device: torch.device,
+                        repeat: int = 10) -> float:
+    """Seconds for the decode step's matrix products alone ((rows, in) @ (in, out) for each weight): the time a
+    decode step cannot beat on this machine, measured in the same process as the benchmark."""
+    weights = [torch.randn(o, i, dtype=dtype, device=device) for o, i in shapes]
+    inputs = {i: torch.randn(rows, i, dtype=dtype, device=device) for _, i in shapes}
+
+    def products() -> None:
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+
+    with torch.inference_mode():
+        return statistics.median(time_fn(products, repeat, device))
+
+
+def matmul_throughput(dtype: torch.dtype, device: torch.device, n: int = 2048, repeat: int = 3) -> float:
+    """FLOP/s of a plain (n x n) @ (n x n) product in `dtype`: the ceiling a compute-bound step is compared to."""
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    with torch.inference_mode():
+        return 2 * n**3 / statistics.median(time_fn(lambda: a @ b, repeat, device))
+
+
+def train_flops(gpt: torch.nn.Module, batch: int, tokens: int) -> float:
+    """FLOPs of one teacher-forced forward + backward: 3x the forward's matmuls (weights and causal attention)."""
+    c = gpt.config
+    matmul_params = sum(o * i for o, i in _matmul_shapes(gpt))
+    forward = 2 * batch * tokens * matmul_params + 2 * 2 * batch * c.n_layer * tokens * tokens * c.dim / 2
+    return 3 * forward
+
+
 def bench_gpt(args: argparse.Namespace) -> dict:
-    """Time GPT sampling or one training step on random weights and random codes."""
+    """Time GPT sampling or one training step on random weights and random codes (ours or the official gpt_1d)."""
     from gigatok.builders_gpt import build_gpt
     from gigatok.gpt.generate import generate
 
@@ -147,38 +206,62 @@ def bench_gpt(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     gpt = build_gpt(args.gpt_model, vocab_size=args.vocab_size, block_size=args.num_tokens,
                     num_classes=args.num_classes).to(device)
+    is_official = args.impl == "official"
+    model = gpt
+    if is_official:
+        model, official_generate = _official_gpt(args.official_root, args.gpt_model, args)
+        model.load_state_dict(gpt.state_dict(), strict=True)  # same weights (same keys for learned positions)
+        model = model.to(device)
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=gen).to(device)  # (B,)
     codes = torch.randint(0, args.vocab_size, (args.batch_size, args.num_tokens), generator=gen).to(device)  # (B, N)
     use_bf16 = args.precision == "bf16"
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
 
     if args.mode == "generate":
-        # The sampler casts the whole GPT (no autocast), so the KV cache is in that dtype too.
-        gpt = gpt.to(torch.bfloat16 if use_bf16 else torch.float32).eval()
+        # The samplers cast the whole GPT (no autocast), so the KV cache is in that dtype too.
+        model = model.to(dtype).eval()
         generator = torch.Generator(device).manual_seed(0)
 
         def step() -> None:
-            generate(gpt, labels, args.num_tokens, cfg_scale=args.cfg_scale, generator=generator,
-                     compile=args.compile)
+            if is_official:
+                with torch.inference_mode():
+                    official_generate(model, labels, args.num_tokens, cfg_scale=args.cfg_scale, cfg_interval=-1,
+                                      cfg_schedule="constant", cfg_schedule_kwargs={}, temperature=1.0, top_k=0,
+                                      top_p=1.0, sample_logits=True)
+            else:
+                generate(model, labels, args.num_tokens, cfg_scale=args.cfg_scale, generator=generator,
+                         compile=args.compile)
     else:
-        gpt.train()
-        model = torch.compile(gpt) if args.compile else gpt
+        model.train()
+        compiled = torch.compile(model) if args.compile else model
 
         def step() -> None:
-            gpt.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                _, loss = model(codes[:, :-1], labels, targets=codes)  # logits (B, N, K) vs codes (B, N)
+                if is_official:
+                    _, loss = compiled(idx=codes[:, :-1], cond_idx=labels, targets=codes)
+                else:
+                    _, loss = compiled(codes[:, :-1], labels, targets=codes)  # logits (B, N, K) vs codes (B, N)
             loss.backward()
 
     times = time_fn(step, args.repeat, device)
     median = statistics.median(times)
-    result = {"bench": "gpt", "gpt_model": args.gpt_model, "num_tokens": args.num_tokens,
+    result = {"bench": "gpt", "impl": args.impl, "gpt_model": args.gpt_model, "num_tokens": args.num_tokens,
               "vocab_size": args.vocab_size, "compile": args.compile}
     if args.mode == "generate":
+        rows = args.batch_size * (2 if args.cfg_scale > 1 else 1)
+        floor = decode_matmul_floor(_matmul_shapes(gpt), rows, dtype, device)
+        step_s = median / args.num_tokens
         result.update(cfg_scale=args.cfg_scale, images_per_s=args.batch_size / median,
-                      tokens_per_s=args.batch_size * args.num_tokens / median)
+                      tokens_per_s=args.batch_size * args.num_tokens / median, step_ms=round(1e3 * step_s, 2),
+                      matmul_floor_ms=round(1e3 * floor, 2), step_over_floor=round(step_s / floor, 3))
     else:
-        result["tokens_per_s"] = args.batch_size * args.num_tokens / median
+        flops = train_flops(gpt, args.batch_size, args.num_tokens)
+        peak = matmul_throughput(dtype, device)
+        result.update(tokens_per_s=args.batch_size * args.num_tokens / median, train_tflops=round(flops / 1e12, 3),
+                      achieved_gflop_s=round(flops / median / 1e9, 1), matmul_gflop_s=round(peak / 1e9, 1),
+                      share_of_matmul=round(flops / median / peak, 3))
     return _summary(result, args, times, device)
 
 
@@ -197,7 +280,8 @@ def _run_side_by_side(argv: list[str], rounds: int) -> dict:
     medians = {impl: statistics.median(ts) for impl, ts in times.items()}
     ours = runs["ours"][-1]
     return {**ours, "impl": "ours_vs_official", "median_s": medians["ours"], "times_s": times["ours"],
-            "images_per_s": ours["batch_size"] / medians["ours"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["ours"]),
+            "images_per_s": ours["batch_size"] / medians["ours"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["ours"]),
             "official_median_s": medians["official"], "official_times_s": times["official"],
             "official_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["official"]),
             "speedup": round(medians["official"] / medians["ours"], 3)}
@@ -231,16 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     gpt.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     gpt.add_argument("--repeat", type=int, default=3)
     gpt.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gpt.add_argument("--official-root", default=None,
+                     help="checkout of SilentView/GigaTok: time its gpt_1d model side by side (learned positions)")
+    gpt.add_argument("--rounds", type=int, default=2, help="side by side: alternating subprocess runs per impl")
+    gpt.add_argument("--impl", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.bench == "gpt":
-        result = bench_gpt(args)
-    elif args.official_root and args.impl is None:
+    if args.official_root and args.impl is None:
         result = _run_side_by_side(list(argv), args.rounds)
     else:
         args.impl = args.impl or "ours"
-        result = bench_tokenizer(args)
+        result = bench_gpt(args) if args.bench == "gpt" else bench_tokenizer(args)
     print(json.dumps(result))
     return 0
 
