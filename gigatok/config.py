@@ -151,6 +151,39 @@ class TrainerConfig:
     distill_model: str = "dinov2-vit-b"
     global_batch_size: Optional[int] = None
     warmup: int = 0
+    # -- ours: training-run settings the official trainer takes as `vq_train.py` flags (defaults = its defaults) --
+    iterations: Optional[int] = None  # total optimizer steps; sets the LR schedule length (--iterations, required)
+    early_stop_iter: Optional[int] = None  # stop (and checkpoint) at this step; the schedule still spans `iterations`
+    fract_decay: float = 0.2  # `wsd` only: fraction of the iterations spent decaying
+    mixed_precision: str = "bf16"  # autocast dtype: none | fp16 (with GradScalers) | bf16
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (official flag parsed but ignored; applied here)
+    ema: bool = False  # keep an EMA of the tokenizer weights (saved as "ema", preferred by every loader)
+    ema_decay: float = 0.9999
+    log_every: int = 500
+    ckpt_every: int = 5000
+    keep_last: int = 10  # non-milestone checkpoints kept (official manage_ckpt_num)
+    milestone_step: int = 50000  # checkpoints at milestone_start + k * milestone_step are kept longer
+    milestone_start: int = 50000
+    max_milestone_num: int = 30
+    preview_every: Optional[int] = None  # reconstruction grid PNG every N steps; null: at each checkpoint, 0: off
+    data_path: Optional[str] = None  # ImageNet-style ImageFolder (class sub-folders) or a flat folder of images
+    dataset: str = "imagenet"
+    num_workers: int = 16  # DataLoader workers per rank (capped at the CPU cores per rank)
+    max_consecutive_nonfinite: int = 10  # NaN/inf losses skipped in a row before the run stops
+    wandb_mode: str = "online"  # online | offline | disabled (--no-wandb)
+    wandb_project: str = "gigatok"
+    tensorboard: bool = False
+    data_parallel: str = "ddp"  # ddp | fsdp (FSDP2 full sharding of the Q-Former layers) | none
+    decay_policy: Optional[str] = None  # AdamW weight decay; null: "all" under DDP, "no_norm_bias" under FSDP (official)
+    grad_precision: Optional[str] = None  # FSDP gradient reduce dtype (fp32 | bf16 | fp16); null: fp32
+    compile: bool = False
+    activation_checkpointing: bool = False  # recompute Q-Former layer activations in backward
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) (exact-resume tests, debugging)
+    teacher_weights: Optional[str] = None  # semantic teacher weights file (default lookup: torch-hub / HF caches)
+    teacher_random_init: bool = False  # random teacher: tests only, the semantic loss is meaningless
+    lpips_random_backbone: bool = False  # random LPIPS VGG: tests only (also GIGATOK_LPIPS_RANDOM_BACKBONE=1)
+    dino_disc_weights: Optional[str] = None  # frozen DINO of `disc_type: dinodisc` (default lookup: hub cache)
+    dino_disc_random_init: bool = False  # tests only
 
 
 @dataclass

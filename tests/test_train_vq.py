@@ -1,0 +1,322 @@
+"""Tokenizer training (`gigatok.train_vq`) end to end on CPU with the tiny configs and small real images.
+
+Real photos come from `skimage.data` (public domain / CC0) and digits from `sklearn.datasets.load_digits`, written
+as small files into tmp folders. LPIPS uses the random VGG backbone and the semantic teacher a random DINOv2-S
+(trainer fields `lpips_random_backbone`, `teacher_random_init`): their values are meaningless, the code paths real.
+Runs that need a process to die or several ranks are subprocesses (torchrun through scripts/train_vq*.sh); the
+others call `main` in-process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from gigatok.builders import load_tokenizer
+from gigatok.config import load_config
+from gigatok.data.train_images import TrainImageDataset
+from gigatok.infra.run_state import list_checkpoints, load_training_checkpoint
+from gigatok.train_vq import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
+CONFIG_2D = REPO / "configs" / "vq" / "VQ_debug_2d.yaml"
+# Random LPIPS backbone and teacher (no weight files offline), small DINOv2-S teacher, no W&B, no workers.
+TEST_FLAGS = ["--mixed-precision", "none", "--no-wandb", "--num-workers", "0",
+              "--trainer.lpips_random_backbone=true", "--trainer.teacher_random_init=true",
+              "--trainer.distill_model=dinov2-vit-s"]
+# Metrics that legitimately differ between two runs: wall-clock throughput, and the rolling codebook window
+# (CodebookUsageTracker keeps only its cumulative counts in the checkpoint; the window refills after resuming).
+VOLATILE = ("train/steps_per_s", "train/images_per_s", "train/codebook/usage", "train/codebook/perplexity",
+            "train/codebook/dead_codes")
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+def write_photos(root: Path, names: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "camera",
+                                                       "horse", "cat", "coins"), short_side: int = 40) -> Path:
+    """skimage sample photos as small JPEGs in two class sub-folders (ImageNet layout)."""
+    from skimage import data
+
+    for i, name in enumerate(names):
+        image = Image.fromarray(getattr(data, name)()).convert("RGB")
+        scale = short_side / min(image.size)
+        size = (max(short_side, round(image.width * scale)), max(short_side, round(image.height * scale)))
+        image = image.resize(size, Image.BICUBIC)
+        folder = root / f"n0{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{name}.jpg", quality=90)
+    return root
+
+
+def write_digits(root: Path, count: int = 16) -> Path:
+    """sklearn digits (8x8) upsampled to 40 px and coloured, as a flat folder of PNGs."""
+    from sklearn.datasets import load_digits
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i, digit in enumerate(load_digits().images[:count]):
+        gray = (digit / 16 * 255).astype(np.uint8)
+        rgb = np.stack([gray, gray // 2 + 64 * (i % 2), 255 - gray], axis=-1).astype(np.uint8)
+        Image.fromarray(rgb).resize((40, 40), Image.BICUBIC).save(root / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return write_photos(tmp_path_factory.mktemp("photos") / "train")
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+def read_metrics(run_dir: Path) -> dict[int, dict]:
+    """step -> record of metrics.jsonl; a later line for the same step (a resumed run redoing it) wins."""
+    records = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by SIGKILL
+            continue
+        records[record["step"]] = record
+    return records
+
+
+def assert_same_metrics(a: dict, b: dict, rtol: float = 0.0) -> None:
+    for key in a:
+        if key in VOLATILE or a[key] is None:
+            continue
+        assert b[key] == pytest.approx(a[key], rel=rtol, abs=1e-12 if rtol else 0), (a["step"], key)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gigatok.train_vq", *args]
+
+
+def launcher(script: str, nproc: int, *args: str, log: Path) -> None:
+    """Run scripts/<script> with `gpus=nproc` CPU processes (gloo); fail with the log on a non-zero exit."""
+    env = subprocess_env(gpus=str(nproc), PORT=str(free_port()), TORCH_RUN_PATH=f"{sys.executable} -m gigatok.launch")
+    with open(log, "w") as out:
+        code = subprocess.run(["bash", str(REPO / "scripts" / script), *args], env=env, cwd=REPO, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=300).returncode
+    assert code == 0, log.read_text()[-4000:]
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    return [step for step, _ in list_checkpoints(run_dir / "checkpoints")]
+
+
+# -- the training dataset --------------------------------------------------------------------------------------------
+def test_train_dataset_layout_and_deterministic_augmentation(photos, tmp_path):
+    dataset = TrainImageDataset(photos, 32, seed=3)
+    assert dataset.classes == ["n00", "n01"] and sorted(set(dataset.labels)) == [0, 1]
+    images, label, unreadable = dataset[2]
+    assert images.shape == (3, 32, 32) and images.dtype == torch.float32 and unreadable == 0
+    assert -1.0 <= images.min() and images.max() <= 1.0
+    torch.testing.assert_close(dataset[2][0], images, rtol=0, atol=0)  # same (seed, epoch, index): same crop
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[2][0], images)  # a new epoch draws a new crop / flip
+    flat = TrainImageDataset(write_digits(tmp_path / "digits", 4), 32)
+    assert flat.labels == [-1] * 4 and flat.classes == []
+
+
+def test_unreadable_images_are_replaced_and_counted_across_workers(tmp_path):
+    root = write_digits(tmp_path / "digits", 6)
+    (root / "broken.jpg").write_bytes((root / "000.png").read_bytes()[:60])  # truncated: not decodable
+    dataset = TrainImageDataset(root, 32)
+    loader = DataLoader(dataset, batch_size=7, num_workers=2)
+    images, _, unreadable = next(iter(loader))
+    assert images.shape == (7, 3, 32, 32) and int(unreadable.sum()) == 1  # summed in the main process
+    broken = [p.name for p in dataset.files].index("broken.jpg")
+    first, second = dataset[broken], dataset[broken]
+    assert first[2] == 1 and torch.equal(first[0], second[0])  # the replacement is deterministic
+
+
+# -- CLI behaviour ---------------------------------------------------------------------------------------------------
+def test_loss_flags_override_the_yaml_and_corrupt_images_are_counted(tmp_path, capsys):
+    data = write_photos(tmp_path / "train", names=("astronaut", "chelsea", "coffee"))
+    Image.new("RGB", (40, 40)).save(data / "n00" / "corrupt.jpg")
+    (data / "n00" / "corrupt.jpg").write_bytes((data / "n00" / "corrupt.jpg").read_bytes()[:200])  # truncated
+    run_dir = tmp_path / "runs" / "flags"
+    main(["--model-config", str(CONFIG), "--data-path", str(data), "--save-path", str(tmp_path / "runs"),
+          "--sub-exp-dir", "flags", "--iterations", "2", "--global-batch-size", "4", "--log-every", "1",
+          "--disc-start", "1", "--perceptual-weight", "0", "--commit-loss-beta", "0.3", "--gen-loss", "non-saturating",
+          "--gradient-accumulation-steps", "2", *TEST_FLAGS])
+    err = capsys.readouterr().err
+    assert "--disc-start: loss.params.disc_start = 1 (overrides the YAML: 20)" in err
+    assert "global batch 4 = 2 per rank x 1 ranks x 2 accumulation steps" in err
+    assert "unreadable training image" in err and "corrupt.jpg" in err
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.loss.params.disc_start == 1 and saved.loss.params.perceptual_weight == 0
+    assert saved.loss.params.gen_adv_loss == "non-saturating" and saved.trainer.grad_accum_steps == 2
+    assert saved.model.init_args.commit_loss_beta == 0.3
+    metrics = read_metrics(run_dir)
+    # every batch holds all 4 files, so the corrupt one was met (and replaced) at both steps
+    assert metrics[2]["train/corrupt_images"] == 2 and all(m["train/perceptual"] == 0 for m in metrics.values())
+    assert metrics[1]["train/disc_weight"] == 0.5 and metrics[1]["train/disc"] > 0  # the GAN is on from step 1
+    assert sorted(p.name for p in (run_dir / "previews").iterdir()) == ["0000002.png"]  # with the final checkpoint
+    ckpt = load_training_checkpoint(run_dir / "checkpoints" / "0000002.pt")
+    assert ckpt["config"]["loss"]["params"]["disc_start"] == 1 and ckpt["extra"]["corrupt_images"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "no training data: pass --data-path"),
+    (["--data-path", "/nonexistent/folder"], "does not exist"),
+    (["--data-path", "{data}", "--trainer.lrr=1"], "unknown config key 'trainer.lrr'"),
+    (["--data-path", "{data}", "--global-batch-size", "3", "--gradient-accumulation-steps", "2"], "multiple of"),
+])
+def test_user_errors_exit_2_with_a_message(argv, message, photos, tmp_path, capsys):
+    argv = [a.format(data=photos) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main(["--model-config", str(CONFIG), "--save-path", str(tmp_path), "--sub-exp-dir", "x", "--iterations", "2",
+              "--global-batch-size", "4", *TEST_FLAGS, *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(photos, tmp_path, capsys):
+    with pytest.raises(RuntimeError, match="NaN/inf for 3 consecutive steps"):
+        main(["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--sub-exp-dir",
+              "nan", "--iterations", "10", "--global-batch-size", "4", "--perceptual-weight", "0",
+              "--trainer.distill_loss=false", "--trainer.lr=1e6", "--trainer.max_consecutive_nonfinite=2", *TEST_FLAGS])
+    assert "skipping the update (2 in a row, 2 skipped in total)" in capsys.readouterr().err
+
+
+# -- exact resume after SIGKILL --------------------------------------------------------------------------------------
+def test_resume_after_sigkill_is_exact(photos, tmp_path):
+    args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--iterations",
+            "6", "--global-batch-size", "4", "--log-every", "1", "--ckpt-every", "2", "--disc-start", "3",
+            "--aux-loss-end", "2", "--ema", "--trainer.deterministic=true", *TEST_FLAGS]
+    env = subprocess_env()
+    with open(tmp_path / "a.log", "w") as log:
+        assert subprocess.run(cli(*args, "--sub-exp-dir", "A"), env=env, cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=300).returncode == 0, (tmp_path / "a.log").read_text()
+
+    # Run B: killed right after its first checkpoint appears, then the same command again.
+    run_b = tmp_path / "B"
+    with open(tmp_path / "b1.log", "w") as log:
+        proc = subprocess.Popen(cli(*args, "--sub-exp-dir", "B"), env=env, cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not (run_b / "checkpoints" / "0000002.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    resumed_from = max(checkpoint_steps(run_b))
+    assert resumed_from < 6, "the killed run finished before the kill; nothing was resumed"
+    with open(tmp_path / "b2.log", "w") as log:
+        assert subprocess.run(cli(*args, "--sub-exp-dir", "B"), env=env, cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=300).returncode == 0
+    assert f"at step {resumed_from}" in (tmp_path / "b2.log").read_text()
+
+    metrics_a, metrics_b = read_metrics(tmp_path / "A"), read_metrics(run_b)
+    assert sorted(metrics_b) == sorted(metrics_a) == list(range(1, 7))
+    for step in range(1, 7):  # bit-identical losses, before and after the resume point
+        assert_same_metrics(metrics_a[step], metrics_b[step])
+    assert metrics_a[6]["train/disc"] > 0  # the discriminator phase was part of the comparison
+
+    assert not list(run_b.glob("checkpoints/*.tmp")) and checkpoint_steps(run_b) == [2, 4, 6]
+    for step in (2, 4, 6):
+        ckpt = load_training_checkpoint(run_b / "checkpoints" / f"{step:07d}.pt")
+        assert {"model", "ema", "optimizer", "discriminator", "optimizer_disc", "rng", "data_state",
+                "config"} <= set(ckpt) and ckpt["step"] == ckpt["steps"] == step
+    final_a = load_training_checkpoint(tmp_path / "A" / "checkpoints" / "0000006.pt")
+    final_b = load_training_checkpoint(run_b / "checkpoints" / "0000006.pt")
+    for entry in ("model", "ema", "discriminator"):
+        for key, value in final_a[entry].items():
+            assert torch.equal(value, final_b[entry][key]), (entry, key)
+
+
+# -- data parallelism ------------------------------------------------------------------------------------------------
+def test_ddp_two_ranks_match_one_process(photos, tmp_path):
+    """2 gloo ranks x 2 images == 1 process x 4 images. The discriminator stays off (its BatchNorm sees per-rank
+    batches) and so does the entropy loss (computed per rank); LPIPS is off because its random VGG's per-pixel
+    normalisation of near-zero features turns batch-size-dependent rounding into 0.4% gradient differences."""
+    args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--iterations",
+            "2", "--global-batch-size", "4", "--log-every", "1", "--ckpt-every", "1", "--disc-start", "100",
+            "--entropy-loss-ratio", "0", "--perceptual-weight", "0", "--aux-loss-end", "2", *TEST_FLAGS]
+    launcher("train_vq.sh", 2, *args, "--sub-exp-dir", "ddp2", log=tmp_path / "ddp2.log")
+    with open(tmp_path / "one.log", "w") as log:
+        assert subprocess.run(cli(*args, "--sub-exp-dir", "one"), env=subprocess_env(), cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=300).returncode == 0
+    assert "world size 2" in (tmp_path / "ddp2.log").read_text()
+
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "ddp2")
+    for step in (1, 2):
+        for key in ("train/total", "train/rec", "train/rec_direct", "train/fea_rec", "train/vq", "train/commit",
+                    "train/semantic"):
+            assert two[step][key] == pytest.approx(one[step][key], rel=1e-5, abs=1e-7), (step, key)
+    ckpt_one = [load_training_checkpoint(tmp_path / "one" / "checkpoints" / f"000000{s}.pt") for s in (1, 2)]
+    ckpt_two = [load_training_checkpoint(tmp_path / "ddp2" / "checkpoints" / f"000000{s}.pt") for s in (1, 2)]
+    assert ckpt_two[1]["world_size"] == 2 and len(ckpt_two[1]["rng"]) == 2
+    names = [name for name, _ in load_tokenizer(None, CONFIG).named_parameters()]
+    # Step-1 gradients (AdamW's first moment after one step is (1 - beta1) * clipped gradient) agree to 1e-5.
+    grads_one = {n: ckpt_one[0]["optimizer"]["state"][i]["exp_avg"] / 0.1 for i, n in enumerate(names)}
+    grads_two = {n: ckpt_two[0]["optimizer"]["state"][i]["exp_avg"] / 0.1 for i, n in enumerate(names)}
+    for name in names:
+        torch.testing.assert_close(grads_two[name], grads_one[name], rtol=0, atol=1e-5)
+    # Parameters after 2 steps agree to 1e-5, except where the gradient is pure rounding noise (e.g. conv biases
+    # right before a GroupNorm, whose exact gradient is 0): AdamW normalises those into full +-lr steps.
+    g_max = max(g.abs().max() for g in grads_one.values())
+    noise, total = 0, 0
+    for name in names:
+        diff = (ckpt_two[1]["model"][name] - ckpt_one[1]["model"][name]).abs()
+        noisy = grads_one[name].abs() < 1e-5 * g_max
+        assert not (diff[~noisy] > 1e-5).any(), name
+        noise, total = noise + int((diff[noisy] > 1e-5).sum()), total + diff.numel()
+    assert noise < 1e-3 * total
+
+
+def test_fsdp_two_ranks_train_and_resume(photos, tmp_path):
+    args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--iterations",
+            "3", "--global-batch-size", "4", "--log-every", "1", "--ckpt-every", "2", "--disc-start", "2",
+            "--sub-exp-dir", "fsdp", *TEST_FLAGS]
+    launcher("train_vq_fsdp.sh", 2, *args, "--early-stop-iter", "2", log=tmp_path / "first.log")
+    launcher("train_vq_fsdp.sh", 2, *args, log=tmp_path / "second.log")
+    log = (tmp_path / "second.log").read_text()
+    assert "data parallel fsdp" in log and "at step 2" in log
+    metrics = read_metrics(tmp_path / "fsdp")
+    assert sorted(metrics) == [1, 2, 3] and all(np.isfinite(m["train/total"]) for m in metrics.values())
+    ckpt = load_training_checkpoint(tmp_path / "fsdp" / "checkpoints" / "0000003.pt")
+    assert ckpt["extra"]["optimizer_format"] == "fqn" and "encoder.conv_in.weight" in ckpt["optimizer"]["state"]
+    load_tokenizer(tmp_path / "fsdp" / "checkpoints" / "0000003.pt", tmp_path / "fsdp" / "config.yaml")  # strict
+
+
+# -- learning --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", [CONFIG, CONFIG_2D], ids=["1d", "2d"])
+def test_reconstruction_improves_and_codebook_stays_used(config, tmp_path):
+    data = write_digits(tmp_path / "digits", 16)
+    tic = time.time()
+    main(["--model-config", str(config), "--data-path", str(data), "--save-path", str(tmp_path), "--sub-exp-dir",
+          "learn", "--iterations", "150", "--global-batch-size", "8", "--log-every", "1", "--ckpt-every", "150",
+          "--disc-start", "100000", "--perceptual-weight", "0", "--aux-loss-end", "0", "--entropy-loss-ratio", "0.05",
+          "--trainer.lr=3e-4", "--trainer.lr_scheduler=constant", "--trainer.distill_loss=false", *TEST_FLAGS])
+    elapsed = time.time() - tic
+    metrics = read_metrics(tmp_path / "learn")
+    start = np.mean([metrics[s]["train/rec"] for s in range(1, 6)])
+    end = np.mean([metrics[s]["train/rec"] for s in range(141, 151)])
+    print(f"{config.name}: rec {start:.4f} -> {end:.4f} in {elapsed:.0f} s")
+    assert end <= 0.5 * start
+    assert min(metrics[s]["train/codebook_usage"] for s in range(100, 151)) > 0.5
+    assert (tmp_path / "learn" / "previews" / "0000150.png").is_file()
