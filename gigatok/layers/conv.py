@@ -60,12 +60,15 @@ def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
     """DCR depth-to-space: input channel (i * block + j) * C + c goes to output channel c at sub-pixel (i, j).
 
     This ordering differs from `F.pixel_shuffle` (CRD, channel c * block**2 + i * block + j); the official
-    decoder's `upsample.conv1` weights are laid out for DCR.
+    decoder's `upsample.conv1` weights are laid out for DCR. The rearrangement runs on the channels-last view
+    (B, H, W, i, j, C) -> (B, H, i, W, j, C), so a channels-last input yields a channels-last output with one
+    copy of contiguous C-runs, instead of a strided NCHW copy the next convolution would have to undo.
     """
     b, c, h, w = x.shape
-    x = x.view(b, block, block, c // block**2, h, w)  # (B, C, H, W) -> (B, i, j, C', H, W)
-    x = x.permute(0, 3, 4, 1, 5, 2)  # -> (B, C', H, i, W, j)
-    return x.reshape(b, c // block**2, h * block, w * block)  # -> (B, C', H*2, W*2)
+    c_out = c // block**2
+    x = x.permute(0, 2, 3, 1).reshape(b, h, w, block, block, c_out)  # (B, C, H, W) -> (B, H, W, i, j, C')
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, h * block, w * block, c_out)  # -> (B, H*2, W*2, C')
+    return x.permute(0, 3, 1, 2)  # (B, C', H*2, W*2) with channels-last strides
 
 
 class D2SUpsampler(nn.Module):
