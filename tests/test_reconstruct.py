@@ -79,7 +79,10 @@ def test_qualitative_end_to_end(checkpoint, data_dir, tmp_path, monkeypatch, cap
     with torch.no_grad():
         recon = tokenizer.decode_code(tokenizer.encode_to_codes(to_tensor_normalized(Image.fromarray(gt))[None]))
     saved = next(folder.glob("000001_*[0-9].png"))
-    np.testing.assert_array_equal(np.asarray(Image.open(saved)), to_uint8(recon)[0].numpy())
+    # The run decodes a batch of 3, this check a batch of 1: oneDNN's convolutions round slightly differently per
+    # batch size, so a few pixels may land on the other side of a uint8 step, never further.
+    diff = np.abs(np.asarray(Image.open(saved)).astype(int) - to_uint8(recon)[0].numpy().astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def _run_expecting_exit_2(argv: list[str], capsys) -> str:

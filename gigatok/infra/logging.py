@@ -98,8 +98,18 @@ class MetricsLogger:
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not logging.getLogger("gigatok").handlers:
+        base = logging.getLogger("gigatok")
+        if not base.handlers:
             setup_logging(self.run_dir)
+        # The run's log.txt must exist whatever configured the logger before (an entry point, a previous run in
+        # the same process): add a file handler for it unless one is already there; `close` removes ours.
+        log_file = (self.run_dir / "log.txt").resolve()
+        self._file_handler: logging.FileHandler | None = None
+        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_file for h in base.handlers):
+            self._file_handler = logging.FileHandler(log_file)
+            self._file_handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+            base.addHandler(self._file_handler)
+            base.setLevel(logging.INFO)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         if wandb_mode != "disabled":
             self._wandb = self._init_wandb(wandb_mode, wandb_project, wandb_name, config)
@@ -153,6 +163,10 @@ class MetricsLogger:
 
     def close(self) -> None:
         """Flush and close every sink (safe to call twice)."""
+        if getattr(self, "_file_handler", None) is not None:
+            logging.getLogger("gigatok").removeHandler(self._file_handler)
+            self._file_handler.close()
+            self._file_handler = None
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
