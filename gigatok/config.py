@@ -74,6 +74,7 @@ class VQModelArgs:
     commit_loss_beta: float = 0.25
     entropy_loss_ratio: float = 0.0
     entropy_temperature: float = 0.01  # ours: the official code hard-codes 0.01
+    entropy_all_ranks: bool = False  # ours: entropy loss over the code distribution of all ranks (official: local)
     rot: bool = False
     # CNN + Q-Former sizes
     encoder_ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])

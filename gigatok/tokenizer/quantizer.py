@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
@@ -28,7 +30,7 @@ class QuantizerLosses:
     usage: float
 
 
-def entropy_loss(affinity: torch.Tensor, temperature: float) -> torch.Tensor:
+def entropy_loss(affinity: torch.Tensor, temperature: float, all_ranks: bool = False) -> torch.Tensor:
     """Mean per-row entropy minus entropy of the mean distribution of softmax(affinity / temperature).
 
     Minimising it makes each row confident and the batch spread over the codebook. The +1e-5 terms are the
@@ -36,11 +38,16 @@ def entropy_loss(affinity: torch.Tensor, temperature: float) -> torch.Tensor:
 
     Args:
         affinity: (N, K) float32, e.g. negative distances.
+        all_ranks: average the code distribution over every rank of the process group (differentiably), so the
+            "spread over the codebook" term sees the global batch instead of this rank's (the official code uses
+            the local batch). Needs the same N on every rank.
     """
     logits = affinity / temperature
     probs = F.softmax(logits, dim=-1)
     log_probs = F.log_softmax(logits + 1e-5, dim=-1)
     avg_probs = probs.mean(dim=0)
+    if all_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        avg_probs = dist_nn.all_reduce(avg_probs) / dist.get_world_size()  # (K,), gradient reaches every rank
     avg_entropy = -(avg_probs * torch.log(avg_probs + 1e-5)).sum()
     sample_entropy = -(probs * log_probs).sum(dim=-1).mean()
     return sample_entropy - avg_entropy
@@ -71,14 +78,16 @@ class VectorQuantizer(nn.Module):
         l2_norm: normalise inputs and codebook rows (all released configs).
         show_usage: keep the `codebook_used` window buffer (all released configs).
         rot: rotation-trick gradient instead of straight-through.
+        entropy_all_ranks: average the entropy loss's code distribution over all ranks (see `entropy_loss`).
     """
 
     def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, entropy_loss_ratio: float = 0.0,
                  entropy_temperature: float = 0.01, l2_norm: bool = True, show_usage: bool = True,
-                 rot: bool = False) -> None:
+                 rot: bool = False, entropy_all_ranks: bool = False) -> None:
         super().__init__()
         self.codebook_size, self.code_dim = codebook_size, code_dim
         self.beta, self.entropy_loss_ratio, self.entropy_temperature = beta, entropy_loss_ratio, entropy_temperature
+        self.entropy_all_ranks = entropy_all_ranks
         self.l2_norm, self.show_usage, self.rot = l2_norm, show_usage, rot
         self.embedding = nn.Embedding(codebook_size, code_dim)
         with torch.no_grad():
@@ -133,7 +142,8 @@ class VectorQuantizer(nn.Module):
                 losses.vq = F.mse_loss(z_q, z_n.detach())
                 losses.commit = self.beta * F.mse_loss(z_q.detach(), z_n)
                 if self.entropy_loss_ratio > 0:
-                    losses.entropy = self.entropy_loss_ratio * entropy_loss(-d, self.entropy_temperature)
+                    losses.entropy = self.entropy_loss_ratio * entropy_loss(-d, self.entropy_temperature,
+                                                                            self.entropy_all_ranks)
                 if self.show_usage:
                     losses.usage = self._update_usage(indices)
 

@@ -100,6 +100,7 @@ class _HybridTokenizer(nn.Module):
         self.quantize = VectorQuantizer(
             args.codebook_size, args.codebook_embed_dim, args.commit_loss_beta, args.entropy_loss_ratio,
             args.entropy_temperature, args.codebook_l2_norm, args.codebook_show_usage, args.rot,
+            args.entropy_all_ranks,
         )
         self.quant_conv = nn.Conv2d(args.z_channels, args.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(args.codebook_embed_dim, args.z_channels, 1)
