@@ -10,13 +10,19 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from gigatok.gpt.config import GPTConfig
 from gigatok.gpt.model import GPT, GPT_MODELS
-from gigatok.infra.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
+from gigatok.infra.checkpoint import (
+    extract_state_dict,
+    load_state_dict_strict,
+    read_checkpoint,
+    resolve_checkpoint_path,
+)
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
 
@@ -62,7 +68,14 @@ def load_gpt(checkpoint: str | os.PathLike | Mapping[str, Any], gpt_model: str, 
                               num_classes=num_classes, cls_token_num=cls_token_num, use_qk_norm=use_qk_norm,
                               **overrides)
     source = "checkpoint dict" if isinstance(checkpoint, Mapping) else f"checkpoint '{checkpoint}'"
-    ckpt = dict(checkpoint) if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    if isinstance(checkpoint, Mapping):
+        ckpt = dict(checkpoint)
+    elif str(checkpoint).endswith(".safetensors"):  # weights-only export (python -m gigatok.export --gpt-ckpt ...)
+        from safetensors.torch import load_file
+
+        ckpt = {"model": load_file(str(resolve_checkpoint_path(checkpoint)))}
+    else:
+        ckpt = read_checkpoint(checkpoint)
     prefer = ("ema", "model", "module", "state_dict") if use_ema else ("model", "module", "state_dict")
     state = extract_state_dict(ckpt, prefer=prefer, source=source)
 
@@ -82,3 +95,14 @@ def _pos_type_hint(state: Mapping[str, torch.Tensor], pos_type: str) -> str:
         return ("The checkpoint has no 'positional_embedding' (LlamaGen gpt.py or GigaTok --rope): use "
                 "pos_type='rope_2d' (LlamaGen c2i) or 'rope_1d'.")
     return f"Check gpt_model, vocab_size, block_size and num_classes against the checkpoint (pos_type='{pos_type}')."
+
+
+def load_gpt_export(folder: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
+    """Load a GPT exported by `python -m gigatok.export --gpt-ckpt ...` (model.safetensors + config.yaml)."""
+    import yaml
+
+    folder = Path(folder)
+    with open(folder / "config.yaml") as f:
+        exported = yaml.safe_load(f)
+    fields = {k: v for k, v in exported["config"].items() if k in _CONFIG_FIELDS}
+    return load_gpt(folder / "model.safetensors", exported["gpt_model"], device=device, **fields)

@@ -1,10 +1,13 @@
-"""Export a tokenizer checkpoint as weights-only safetensors plus its resolved config, for sharing.
+"""Export a tokenizer or GPT checkpoint as weights-only safetensors plus its resolved config, for sharing.
 
     python -m gigatok.export --vq-ckpt VQ_SS256_e100.pt --model-config configs/vq/VQ_SS256.yaml --out-dir exports/SS256
+    python -m gigatok.export --gpt-ckpt GPT_B256_e300_VQ_SS.pt --gpt-model GPT-B --out-dir exports/GPT-B_SS
 
-writes `model.safetensors` (no pickle, loads anywhere) and `config.yaml` (the resolved config). Load it back with
-`gigatok.builders.load_tokenizer("exports/SS256/model.safetensors", "exports/SS256/config.yaml")`.
-The weights are loaded into the model first, so a checkpoint that does not match the config is rejected here.
+writes `model.safetensors` (no pickle, loads anywhere) and `config.yaml` (the resolved config). Load them back with
+`gigatok.builders.load_tokenizer("exports/SS256/model.safetensors", "exports/SS256/config.yaml")` or
+`gigatok.builders_gpt.load_gpt_export("exports/GPT-B_SS")`. The weights are loaded into the model first, so a
+checkpoint that does not match the config is rejected here. Training checkpoints export their "ema" weights when
+they have them (`--no-ema` for the raw ones).
 """
 from __future__ import annotations
 
@@ -19,32 +22,74 @@ from gigatok.infra.checkpoint import CheckpointError
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vq-ckpt", required=True, help="checkpoint: path or hf://owner/repo/file.pt")
-    parser.add_argument("--model-config", required=True, help="tokenizer YAML the checkpoint was trained with")
+    parser.add_argument("--vq-ckpt", help="tokenizer checkpoint: path or hf://owner/repo/file.pt")
+    parser.add_argument("--model-config", help="tokenizer YAML the checkpoint was trained with")
+    parser.add_argument("--gpt-ckpt", help="GPT checkpoint (instead of a tokenizer)")
+    parser.add_argument("--gpt-model", default="GPT-B", help="GPT registry size of --gpt-ckpt")
+    parser.add_argument("--gpt-2d", action="store_true", help="LlamaGen GPT with 2D RoPE")
+    parser.add_argument("--rope", action="store_true", help="GigaTok GPT with 1D RoPE")
+    parser.add_argument("--vocab-size", type=int, default=16384)
+    parser.add_argument("--block-size", type=int, default=256, help="codes per image")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--no-ema", action="store_true", help="GPT: export 'model' even if 'ema' exists")
     parser.add_argument("--out-dir", required=True, help="folder for model.safetensors and config.yaml")
-    return parser.parse_known_args(argv)
+    args, overrides = parser.parse_known_args(argv)
+    if (args.vq_ckpt is None) == (args.gpt_ckpt is None):
+        parser.error("pass either --vq-ckpt with --model-config (tokenizer) or --gpt-ckpt with --gpt-model (GPT)")
+    if args.vq_ckpt is not None and args.model_config is None:
+        parser.error("--vq-ckpt needs --model-config")
+    return args, overrides
+
+
+def _write(out: Path, state: dict, metadata: dict[str, str]) -> int:
+    """model.safetensors, atomically; returns the number of values."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in state.items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt", **metadata})
+    tmp.replace(out / "model.safetensors")
+    return sum(v.numel() for v in state.values())
+
+
+def export_gpt(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import yaml
+
+    from gigatok.builders_gpt import load_gpt
+    from gigatok.infra.checkpoint import read_checkpoint
+
+    pos_type = "rope_2d" if args.gpt_2d else "rope_1d" if args.rope else "learned_1d"
+    use_ema = not args.no_ema and "ema" in read_checkpoint(args.gpt_ckpt)
+    gpt = load_gpt(args.gpt_ckpt, args.gpt_model, pos_type=pos_type, vocab_size=args.vocab_size,
+                   block_size=args.block_size, num_classes=args.num_classes, use_ema=use_ema)
+    out = Path(args.out_dir)
+    n = _write(out, gpt.state_dict(), {"gpt_model": args.gpt_model, "pos_type": pos_type})
+    tmp = out / "config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump({"gpt_model": args.gpt_model, "config": dataclasses.asdict(gpt.config)}))
+    tmp.replace(out / "config.yaml")
+    print(f"exported GPT ({'ema' if use_ema else 'model'} weights, {n / 1e6:.1f}M values) to {out}/model.safetensors "
+          "+ config.yaml")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     try:
+        if args.gpt_ckpt is not None:
+            return export_gpt(args)
         config = load_config(args.model_config, overrides)
         tokenizer = load_tokenizer(args.vq_ckpt, config)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-    from safetensors.torch import save_file
-
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in tokenizer.state_dict().items()}
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "model_cls": config.model.model_cls})
-    tmp.replace(out / "model.safetensors")
+    n = _write(out, tokenizer.state_dict(), {"model_cls": config.model.model_cls})
     save_config(config, out / "config.yaml")
-    n_params = sum(v.numel() for v in state.values())
-    print(f"exported {len(state)} tensors ({n_params / 1e6:.1f}M values) to {out}/model.safetensors + config.yaml")
+    print(f"exported {len(tokenizer.state_dict())} tensors ({n / 1e6:.1f}M values) to {out}/model.safetensors "
+          "+ config.yaml")
     return 0
 
 

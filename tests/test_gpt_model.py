@@ -148,3 +148,21 @@ def test_load_gpt_is_strict_and_names_keys():
         load_gpt({"model": extra}, "debug", **kwargs)
     with pytest.raises(CheckpointError, match="no model weights"):
         load_gpt({"optimizer": {}, "steps": 1}, "debug", **kwargs)
+
+
+def test_export_gpt_safetensors_round_trip(tmp_path):
+    from gigatok import export
+    from gigatok.builders_gpt import load_gpt_export
+
+    gpt = build_gpt("debug", vocab_size=64, block_size=16, num_classes=10)
+    ema = build_gpt("debug", vocab_size=64, block_size=16, num_classes=10)
+    torch.save({"model": gpt.state_dict(), "ema": ema.state_dict(), "steps": 10}, tmp_path / "ckpt.pt")
+    argv = ["--gpt-ckpt", str(tmp_path / "ckpt.pt"), "--gpt-model", "debug", "--vocab-size", "64", "--block-size",
+            "16", "--num-classes", "10", "--out-dir", str(tmp_path / "out")]
+    assert export.main(argv) == 0
+    loaded = load_gpt_export(tmp_path / "out")
+    assert not torch.equal(gpt.tok_embeddings.weight, ema.tok_embeddings.weight)
+    assert torch.equal(loaded.tok_embeddings.weight, ema.tok_embeddings.weight)  # the EMA weights are exported
+    assert export.main(argv[:-2] + ["--no-ema", "--out-dir", str(tmp_path / "raw")]) == 0
+    assert torch.equal(load_gpt_export(tmp_path / "raw").tok_embeddings.weight, gpt.tok_embeddings.weight)
+    assert export.main(argv[:3] + ["GPT-B"] + argv[4:]) == 2  # wrong size: a clear error, exit 2
