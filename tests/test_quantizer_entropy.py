@@ -58,3 +58,22 @@ def test_all_ranks_option_matches_the_global_batch(tmp_path) -> None:
     # and it differs from the official per-rank loss
     local = [entropy_loss(_affinity()[r * N:(r + 1) * N], TEMPERATURE) for r in range(2)]
     assert abs(sum(local).item() / 2 - loss.item()) > 1e-3
+
+
+def test_quantizer_is_finite_on_inputs_that_overflow_fp16() -> None:
+    """z**2 of these half-precision inputs is inf in fp16 (> 65504), and softmax(-d / 0.01) of raw distances would
+    overflow too; the quantizer runs its maths in fp32 and stays finite, under autocast as well."""
+    from gigatok.tokenizer.quantizer import VectorQuantizer
+
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(64, 8, entropy_loss_ratio=0.005, rot=True).train()
+    z = (torch.randn(2, 8, 1, 16) * 1000).half().requires_grad_(True)  # (B, Dc, 1, L) with |z| up to ~3000
+    assert torch.isinf(z.detach() ** 2).any()  # the naive fp16 computation overflows
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            quant, losses, codes = quantizer(z)
+        total = losses.vq + losses.commit + losses.entropy + quant.float().sum()
+        assert torch.isfinite(total) and torch.isfinite(quant).all()
+        total.backward()
+        assert torch.isfinite(z.grad).all()
+        z.grad = None
