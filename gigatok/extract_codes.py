@@ -20,7 +20,6 @@ import datetime
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +48,10 @@ from gigatok.data.codes import (
 from gigatok.data.images import ImageDataError
 from gigatok.data.transforms import to_uint8
 from gigatok.infra.checkpoint import CheckpointError, resolve_checkpoint_path
+from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
     all_gather_objects,
     barrier,
-    cleanup,
-    get_rank,
-    get_world_size,
     init_distributed,
     is_main_process,
     setup_logging,
@@ -287,14 +284,7 @@ def extract(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    try:
-        extract(args)
-    except USER_ERRORS as err:
-        prefix = f"[rank {get_rank()}] " if get_world_size() > 1 else ""
-        print(f"{prefix}error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        cleanup()
+    run_stage(lambda: extract(args), USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import contextlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +29,10 @@ from gigatok.config import ConfigError, load_config
 from gigatok.data.images import ImageDataError, ImageFolderDataset
 from gigatok.data.transforms import to_uint8
 from gigatok.infra.checkpoint import CheckpointError
+from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
     all_gather_objects,
     barrier,
-    cleanup,
-    get_rank,
     get_world_size,
     init_distributed,
     is_main_process,
@@ -213,14 +211,7 @@ def reconstruct(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    try:
-        reconstruct(args)
-    except USER_ERRORS as err:
-        prefix = f"[rank {get_rank()}] " if get_world_size() > 1 else ""
-        print(f"{prefix}error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        cleanup()
+    run_stage(lambda: reconstruct(args), USER_ERRORS)
 
 
 if __name__ == "__main__":

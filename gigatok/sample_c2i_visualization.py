@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +40,10 @@ from gigatok.infra.checkpoint import (
     read_checkpoint,
     resolve_checkpoint_path,
 )
+from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
     all_gather_objects,
     barrier,
-    cleanup,
-    get_rank,
-    get_world_size,
     init_distributed,
     is_main_process,
     setup_logging,
@@ -339,14 +336,7 @@ def save_outputs(out_dir: Path, images_uint8: np.ndarray, labels: np.ndarray, cl
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    try:
-        sample(args)
-    except USER_ERRORS as err:
-        prefix = f"[rank {get_rank()}] " if get_world_size() > 1 else ""
-        print(f"{prefix}error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        cleanup()
+    run_stage(lambda: sample(args), USER_ERRORS)
 
 
 if __name__ == "__main__":

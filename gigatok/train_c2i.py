@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,8 @@ from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.gpt.config import GPTConfig
 from gigatok.gpt.model import GPT, GPT_MODELS
 from gigatok.infra.checkpoint import CheckpointError
-from gigatok.infra.dist import cleanup, get_rank, get_world_size, init_distributed, is_main_process, setup_logging
+from gigatok.infra.cli import run_stage
+from gigatok.infra.dist import init_distributed, is_main_process, setup_logging
 from gigatok.infra.ema import EMA
 from gigatok.infra.logging import MetricsLogger, NonFiniteGuard, reduce_metrics
 from gigatok.infra.optim import build_adamw
@@ -523,14 +523,7 @@ def train(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    try:
-        train(args)
-    except USER_ERRORS as err:
-        prefix = f"[rank {get_rank()}] " if get_world_size() > 1 else ""
-        print(f"{prefix}error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        cleanup()
+    run_stage(lambda: train(args), USER_ERRORS)
 
 
 if __name__ == "__main__":

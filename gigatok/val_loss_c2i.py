@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ from gigatok.data.images import ImageDataError
 from gigatok.gpt.config import GPTConfig
 from gigatok.gpt.model import GPT_MODELS
 from gigatok.infra.checkpoint import CheckpointError, read_checkpoint
-from gigatok.infra.dist import cleanup, get_rank, get_world_size, init_distributed, is_main_process, setup_logging
+from gigatok.infra.cli import run_stage
+from gigatok.infra.dist import init_distributed, is_main_process, setup_logging
 
 _LOAD_GPT_ARGS = ("pos_type", "vocab_size", "block_size", "num_classes", "cls_token_num", "use_qk_norm")
 
@@ -193,14 +193,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    try:
-        evaluate(args)
-    except USER_ERRORS as err:
-        prefix = f"[rank {get_rank()}] " if get_world_size() > 1 else ""
-        print(f"{prefix}error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        cleanup()
+    run_stage(lambda: evaluate(args), USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,6 @@
 # or on a code folder: --code-path <codes> --gpt-ckpt <ckpt>. Environment knobs (official names): GPUS (or
 # lowercase gpus), NNODES, NODE_RANK, MASTER_ADDR, PORT, TORCH_RUN_PATH. Every argument is passed to
 # gigatok.val_loss_c2i. Without a GPU it runs on CPU (gloo backend), one process per "GPU".
-set -x
+source "$(dirname "${BASH_SOURCE[0]}")/lib/torchrun_stage.sh"
 
-GPUS=${gpus:-${GPUS:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)}}
-if ! [ "${GPUS}" -ge 1 ] 2>/dev/null; then GPUS=1; fi  # no GPU visible: one CPU process
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-PORT=${PORT:-55565}
-if [ -z "${TORCH_RUN_PATH:-}" ]; then
-    TORCH_RUN_PATH="$(command -v python || command -v python3) -m gigatok.launch"
-fi
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
-
-${TORCH_RUN_PATH} --nnodes=${NNODES} --nproc_per_node=${GPUS} --node_rank=${NODE_RANK} \
-    --master_addr=${MASTER_ADDR} --master_port=${PORT} -m gigatok.val_loss_c2i "$@"
+run_stage gigatok.val_loss_c2i "$@"
