@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import os
 import random
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,12 +43,11 @@ from gigatok.data.train_images import TrainImageDataset
 from gigatok.data.transforms import to_uint8
 from gigatok.infra.checkpoint import CheckpointError
 from gigatok.infra.codebook_stats import CodebookUsageTracker
+from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
     DistInfo,
     barrier,
-    cleanup,
     get_rank,
-    get_world_size,
     init_distributed,
     is_main_process,
     setup_logging,
@@ -681,7 +679,8 @@ def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args, overrides = parse_args(argv)
-    try:
+
+    def stage() -> None:
         dist_info = init_distributed(args.device)
         setup_logging()
         config, report = resolve_config(args, overrides)
@@ -690,12 +689,8 @@ def main(argv: list[str] | None = None) -> None:
                              "same command resumes it")
         train(config, Path(args.save_path) / args.sub_exp_dir, dist_info, vq_ckpt=args.vq_ckpt,
               finetune=args.finetune, report=report)
-    except USER_ERRORS as err:
-        prefix = f"[rank {get_rank()}] " if get_world_size() > 1 else ""
-        print(f"{prefix}error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        cleanup()
+
+    run_stage(stage, USER_ERRORS)
 
 
 if __name__ == "__main__":
