@@ -47,3 +47,13 @@ def vectors():
         return cache[case]
 
     return get
+
+
+def expect_exit_2(main, argv: list[str], capsys) -> str:
+    """Run an entry point's main(argv) expecting a user error: exit code 2, a message, no traceback. Returns stderr."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err

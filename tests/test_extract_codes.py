@@ -7,8 +7,8 @@ checkpoint format.
 from __future__ import annotations
 
 import argparse
-import shutil
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import expect_exit_2
 from PIL import Image
 
 from gigatok.builders import build_tokenizer, load_tokenizer
@@ -168,12 +169,7 @@ def test_center_and_flip_give_two_views_and_resume_skips_finished_shards(data, t
 
 
 def _exit_2(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+    return expect_exit_2(main, argv, capsys)
 
 
 def test_user_errors_exit_2(data, tmp_path, capsys):

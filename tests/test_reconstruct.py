@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import expect_exit_2
 from PIL import Image
 
 from gigatok.builders import build_tokenizer, load_tokenizer
@@ -86,12 +87,7 @@ def test_qualitative_end_to_end(checkpoint, data_dir, tmp_path, monkeypatch, cap
 
 
 def _run_expecting_exit_2(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+    return expect_exit_2(main, argv, capsys)
 
 
 def test_corrupt_png_is_a_clear_error(checkpoint, data_dir, tmp_path, capsys):

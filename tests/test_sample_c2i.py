@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import expect_exit_2
 from PIL import Image
 
 from gigatok.builders import build_tokenizer
@@ -123,12 +124,7 @@ def test_random_weights_warn_loudly(tmp_path, capsys):
 
 
 def _run_expecting_exit_2(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+    return expect_exit_2(main, argv, capsys)
 
 
 def test_user_errors_exit_2_with_a_message(checkpoints, tmp_path, capsys):

@@ -60,6 +60,22 @@ def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> tuple[Path | Non
     return None, f"Hugging Face cache: {repo_id} ({' or '.join(filenames)}), not cached"
 
 
+def find_local_weights(path: str | os.PathLike | None, hub_filename: str, hf_repo: str,
+                       error: type[Exception], what: str) -> tuple[Path | None, list[str]]:
+    """The shared lookup order of pretrained weights: an explicit path (missing: `error`), else the torch-hub cache
+    file `hub_filename`, else the local Hugging Face cache of `hf_repo`. Returns (file or None, places looked)."""
+    if path is not None:
+        resolved = Path(path).expanduser()
+        if not resolved.is_file():
+            raise error(f"{what} not found at the given path '{resolved}'.")
+        return resolved, []
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / hub_filename
+    if hub_file.is_file():
+        return hub_file, []
+    hf_file, hf_note = hf_cached_file(hf_repo, ("model.safetensors", "pytorch_model.bin"))
+    return hf_file, [f"torch-hub cache: {hub_file} (missing)", hf_note]
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors` file or a torch pickle of a plain state dict (loaded with weights_only)."""
     if path.suffix == ".safetensors":
@@ -75,20 +91,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def find_dino_weights(path: str | os.PathLike | None = None) -> Path:
     """Resolve the DINO ViT-S/16 weights, or raise `DinoWeightsError` naming every place looked."""
-    if path is not None:
-        resolved = Path(path).expanduser()
-        if not resolved.is_file():
-            raise DinoWeightsError(f"DINO discriminator weights not found at the given path '{resolved}'.")
-        return resolved
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / DINO_FILENAME
-    if hub_file.is_file():
-        return hub_file
-    hf_file, hf_note = hf_cached_file(DINO_HF_REPO, ("model.safetensors", "pytorch_model.bin"))
-    if hf_file is not None:
-        return hf_file
+    found, looked = find_local_weights(path, DINO_FILENAME, DINO_HF_REPO, DinoWeightsError,
+                                       "DINO discriminator weights")
+    if found is not None:
+        return found
+    hub_file, hf_note = looked
     raise DinoWeightsError(
         "The DINO discriminator (disc_type: dinodisc) needs the DINO ViT-S/16 weights. Looked in:\n"
-        f"  - torch-hub cache: {hub_file} (missing)\n"
+        f"  - {hub_file}\n"
         f"  - {hf_note}\n"
         "Get them on a machine with internet access with either\n"
         f"  python -c \"import torch; torch.hub.load_state_dict_from_url('{DINO_URL}')\"\n"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gigatok.config import TEACHER_DIMS
-from gigatok.tokenizer.discriminator_dino import create_vit, hf_cached_file, read_state_dict
+from gigatok.tokenizer.discriminator_dino import create_vit, find_local_weights, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -62,22 +62,15 @@ def find_teacher_weights(name: str, path: str | os.PathLike | None = None) -> Pa
     """Resolve the weights file of DINOv2 teacher `name`, or raise `TeacherWeightsError` naming every place looked."""
     _check_name(name)
     _, hub_name, hf_repo = DINOV2_TEACHERS[name]
-    if path is not None:
-        resolved = Path(path).expanduser()
-        if not resolved.is_file():
-            raise TeacherWeightsError(f"teacher '{name}' weights not found at the given path '{resolved}'.")
-        return resolved
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / hub_name
-    if hub_file.is_file():
-        return hub_file
-    hf_file, hf_note = hf_cached_file(hf_repo, ("model.safetensors", "pytorch_model.bin"))
-    if hf_file is not None:
-        return hf_file
+    found, looked = find_local_weights(path, hub_name, hf_repo, TeacherWeightsError, f"teacher '{name}' weights")
+    if found is not None:
+        return found
+    hub_file, hf_note = looked
     arch = hub_name.split("_pretrain")[0]  # e.g. dinov2_vitb14
     url = f"https://dl.fbaipublicfiles.com/dinov2/{arch}/{hub_name}"
     raise TeacherWeightsError(
         f"Semantic regularisation (trainer.distill_loss: True) needs the '{name}' teacher weights. Looked in:\n"
-        f"  - torch-hub cache: {hub_file} (missing)\n"
+        f"  - {hub_file}\n"
         f"  - {hf_note}\n"
         "Get them on a machine with internet access with either\n"
         f"  python -c \"import torch; torch.hub.load_state_dict_from_url('{url}')\"\n"
