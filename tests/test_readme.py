@@ -1,0 +1,172 @@
+"""The README's commands exist: every script it runs is in the repo, every module it runs is an entry point, and every
+flag it passes is accepted (found in that entry point's --help, in the config schema for `--section.key` overrides,
+or in the shell script itself). The first code block holds exactly the two commands the issue asks for."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import re
+import shlex
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from gigatok.config import VQConfig, _all_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+SEPARATORS = {"&&", "||", ";", "|"}
+SUBCOMMAND_MODULES = {"gigatok.bench"}  # `python -m gigatok.bench tokenizer|gpt|eval ...`
+
+
+def code_blocks(text: str) -> list[str]:
+    """Bodies of the ```bash / ```sh fenced blocks, in order."""
+    return re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.DOTALL)
+
+
+def command_lines(block: str) -> list[str]:
+    """Logical lines of a shell block: continuations joined, comments and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    lines = []
+    for line in joined.splitlines():
+        line = line.split(" # ")[0].strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def inline_commands(text: str) -> list[str]:
+    """Inline `code spans` that are commands (`python -m gigatok...`, `bash scripts/...`)."""
+    spans = re.findall(r"`([^`\n]+)`", text)
+    return [s for s in spans if re.match(r"(\S*python3? -m gigatok\.|bash (scripts/|env_install))", s)]
+
+
+def split_commands(line: str) -> list[list[str]]:
+    """shlex tokens of every simple command of a line (split on &&, ||, ;, |), brackets of optional args removed."""
+    tokens = [t.strip("[]") for t in shlex.split(line, comments=False)]
+    commands, current = [], []
+    for token in tokens:
+        if token in SEPARATORS:
+            commands.append(current)
+            current = []
+        elif token:
+            current.append(token)
+    commands.append(current)
+    return [c for c in commands if c]
+
+
+def target_of(command: list[str]) -> tuple[str, str, list[str]] | None:
+    """('script', path, args) | ('module', name, args) | None for commands we don't check (export, cd, pytest...)."""
+    while command and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", command[0]):  # VAR=value prefixes
+        command = command[1:]
+    if not command:
+        return None
+    if command[0] == "bash" and len(command) > 1:
+        return "script", command[1], command[2:]
+    is_python = command[0].endswith(("python", "python3")) and command[1:2] == ["-m"]
+    if is_python and len(command) > 2 and command[2].startswith("gigatok"):
+        return "module", command[2], command[3:]
+    return None
+
+
+def flags(args: list[str]) -> list[str]:
+    """The long options of an argument list, without their `=value`."""
+    return [a.split("=", 1)[0] for a in args if a.startswith("--") and len(a) > 2]
+
+
+@cache
+def help_text(module: str, subcommand: str | None) -> str:
+    """The --help output of an entry point (in-process: each entry point's main(argv) parses argv)."""
+    entry = importlib.import_module(module)
+    argv = ([subcommand] if subcommand else []) + ["--help"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        entry.main(argv)
+    return out.getvalue()
+
+
+def script_module(path: Path) -> str | None:
+    """The gigatok module a launcher runs (`run_stage gigatok.x` or `-m gigatok.x`), if any."""
+    code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    match = re.search(r"(?:run_stage|-m)\s+\"?(gigatok\.[\w.]+)", code)
+    return match.group(1) if match else None
+
+
+def all_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for block in code_blocks(README):
+        for line in command_lines(block):
+            found += [(line, c) for c in split_commands(line)]
+    for span in inline_commands(README):
+        found += [(span, c) for c in split_commands(span)]
+    return found
+
+
+CONFIG_KEYS = set(_all_keys(VQConfig))
+
+
+def check_flags(where: str, module: str, args: list[str]) -> list[str]:
+    """Problems with the flags `args` passed to `module` (empty when all are accepted)."""
+    sub = args[0] if module in SUBCOMMAND_MODULES and args and not args[0].startswith("-") else None
+    text = help_text(module, sub)
+    problems = []
+    for flag in flags(args):
+        if "." in flag:  # --section.key=value config override
+            if flag[2:] not in CONFIG_KEYS:
+                problems.append(f"{where}: config override {flag} is not a config field")
+        elif not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text):
+            problems.append(f"{where}: {module} does not accept {flag}")
+    return problems
+
+
+def test_readme_starts_with_the_two_commands():
+    first = command_lines(code_blocks(README)[0])
+    assert len(first) == 2, first
+    demo, tests = first
+    assert "env_install.sh" in demo and "scripts/demo.sh" in demo
+    assert "env_install.sh" in tests and "pytest" in tests
+    # The README's first block comes before any other section.
+    assert README.index("```") < README.index("\n## ")
+    # CI runs the same test command (install, then pytest).
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "env_install.sh" in ci and "-m pytest" in ci
+
+
+def test_every_readme_command_exists_and_accepts_its_flags():
+    commands = all_commands()
+    checked, problems = 0, []
+    for line, command in commands:
+        target = target_of(command)
+        if target is None:
+            continue
+        kind, name, args = target
+        if kind == "script":
+            path = ROOT / name.replace("${PROJECT_ROOT}/", "")
+            if not path.is_file():
+                problems.append(f"{line}: no such script {name}")
+                continue
+            module = script_module(path)
+            if module is None:  # a plain shell script: flags must appear in it
+                text = path.read_text()
+                problems += [f"{line}: {name} has no {f}" for f in flags(args) if f not in text]
+            else:
+                problems += check_flags(line, module, args)
+        else:
+            if importlib.util.find_spec(name) is None:
+                problems.append(f"{line}: no module {name}")
+                continue
+            problems += check_flags(line, name, args)
+        checked += 1
+    assert checked >= 10, f"only {checked} commands found: is the parser still matching the README?"
+    assert not problems, "\n".join(problems)
+
+
+def test_checker_catches_a_bad_flag_and_a_missing_script():
+    # The checker itself must be able to fail.
+    assert check_flags("x", "gigatok.reconstruct", ["--no-such-flag"])
+    assert check_flags("x", "gigatok.reconstruct", ["--data-path", "d", "--trainer.lr=1"]) == []
+    assert check_flags("x", "gigatok.reconstruct", ["--trainer.no_such_field=1"])
+    assert target_of(["gpus=1", "bash", "scripts/nope.sh"]) == ("script", "scripts/nope.sh", [])
+    assert not (ROOT / "scripts/nope.sh").exists()
