@@ -2,7 +2,7 @@
 # Install GigaTok and its dependencies into a Python environment.
 #
 #   bash env_install.sh              # install (a fast no-op when everything is already there)
-#   bash env_install.sh --eval-env   # separate evaluation environment (not implemented yet)
+#   bash env_install.sh --eval-env   # separate TensorFlow environment for the ADM evaluator (see below)
 #
 # Environment: the active virtualenv ($VIRTUAL_ENV) or conda env ($CONDA_PREFIX) if there is one, else
 # $VENV_DIR (default: .venv in the repo root), created with $PYTHON (default: python3) when missing.
@@ -11,6 +11,14 @@
 #   TORCHVISION_SPEC  default "torchvision==0.29.1"
 #   TORCH_INDEX_URL   e.g. https://download.pytorch.org/whl/cu121 for a CUDA build (default: the normal index)
 #   VENV_DIR, PYTHON  see above
+#
+# --eval-env builds (or updates) a separate virtualenv for gigatok/eval/adm_tf_evaluator.py, the ADM evaluator on
+# TensorFlow (the official "tok_eval" environment), then prints the `export EVAL_PYTHON_PATH=...` line that makes
+# `python -m gigatok.evaluate` and the official-style scripts use it. Knobs:
+#   EVAL_ENV_DIR      default: .venv-tok_eval in the repo root
+#   EVAL_TF_SPEC      default "tensorflow-cpu"; e.g. "tensorflow[and-cuda]" or "tensorflow" for a GPU build
+#   EVAL_SCIPY_SPEC   default "scipy<1.18" (the evaluator's scipy.linalg.sqrtm calls; 1.18 changes its API)
+#   PYTHON            interpreter the venv is created with (default: python3)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,11 +37,11 @@ usage() {
   awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"
 }
 
+EVAL_ENV=0
 for arg in "$@"; do
   case "$arg" in
     --eval-env)
-      echo "env_install.sh: --eval-env is not implemented yet: see issue 5" >&2
-      exit 2
+      EVAL_ENV=1
       ;;
     -h | --help)
       usage
@@ -46,6 +54,49 @@ for arg in "$@"; do
       ;;
   esac
 done
+
+# The separate evaluation environment (--eval-env): TensorFlow, scipy, numpy; no torch, no gigatok.
+if [[ "$EVAL_ENV" == 1 ]]; then
+  EVAL_ENV_DIR="${EVAL_ENV_DIR:-$ROOT/.venv-tok_eval}"
+  EVAL_TF_SPEC="${EVAL_TF_SPEC:-tensorflow-cpu}"
+  EVAL_SCIPY_SPEC="${EVAL_SCIPY_SPEC:-scipy<1.18}"
+  if [[ ! -x "$EVAL_ENV_DIR/bin/python" ]]; then
+    log "creating the evaluation virtualenv $EVAL_ENV_DIR"
+    run "${PYTHON:-python3}" -m venv "$EVAL_ENV_DIR"
+  fi
+  EVAL_PY="$EVAL_ENV_DIR/bin/python"
+  # Exit 0 when every requirement given as an argument is installed in the evaluation env (no network).
+  eval_satisfied() {
+    (cd / && "$EVAL_PY" - "$@" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pip._vendor.packaging.requirements import Requirement
+for spec in sys.argv[1:]:
+    req = Requirement(spec)
+    try:
+        if not req.specifier.contains(version(req.name), prereleases=True):
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+    )
+  }
+  if eval_satisfied "$EVAL_TF_SPEC" "$EVAL_SCIPY_SPEC" numpy; then
+    log "already installed in $EVAL_ENV_DIR: $EVAL_TF_SPEC $EVAL_SCIPY_SPEC numpy"
+  else
+    run "$EVAL_PY" -m pip install "$EVAL_TF_SPEC" "$EVAL_SCIPY_SPEC" numpy
+  fi
+  # Check that TensorFlow really imports (a wheel without a matching CPU/CUDA runtime fails only here).
+  if ! (cd / && TF_CPP_MIN_LOG_LEVEL=2 "$EVAL_PY" -c 'import numpy, scipy, tensorflow as tf; print("[env_install] tensorflow", tf.__version__, "numpy", numpy.__version__, "scipy", scipy.__version__)'); then
+    echo "env_install.sh: TensorFlow does not import in $EVAL_ENV_DIR; try another EVAL_TF_SPEC" >&2
+    exit 1
+  fi
+  log "done. The ADM TF evaluator also needs classify_image_graph_def.pb (roughly 100 MB, not downloadable offline):"
+  log "  https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/classify_image_graph_def.pb"
+  log "Use the environment with:"
+  echo "export EVAL_PYTHON_PATH=$EVAL_PY"
+  exit 0
+fi
 
 # 1. Pick the environment.
 if [[ -n "${VIRTUAL_ENV:-}" ]]; then

@@ -7,6 +7,9 @@
     python -m gigatok.bench gpt --gpt-model GPT-B --mode generate|train --batch-size 8 [--cfg-scale 4.0]
         [--compile] [--precision fp32|bf16] [--threads N] [--repeat N] [--device cpu|cuda]
 
+    python -m gigatok.bench eval [--num-images 128] [--image-size 256] [--batch-size 64] [--threads N]
+        [--weights PATH] [--rounds 2]
+
 Tokenizer: `encode_decode` times `decode(encode(x))` under inference mode; `train` times one forward + backward
 of the training forward (shortcut outputs and distill features on, as in the official trainer's first steps).
 With `--official-root` (a checkout of SilentView/GigaTok), the official model is timed too, with the same
@@ -16,6 +19,10 @@ then holds both results and the speedup.
 GPT (random weights; timing does not depend on them): `generate` times sampling `--num-tokens` codes per image
 with the KV cache (the batch is doubled when `--cfg-scale` > 1, and the model is cast to `--precision` as the
 sampler does); `train` times one teacher-forced forward + backward (autocast under bf16, as in training).
+
+Eval: Inception feature extraction (the ADM evaluator's network, gigatok.eval.inception) against
+torch-fidelity's FeatureExtractorInceptionV3 with the same weights, on the same random uint8 images,
+alternating in one process; images/s of both, their ratio and the largest pool-feature difference.
 """
 from __future__ import annotations
 
@@ -265,6 +272,60 @@ def bench_gpt(args: argparse.Namespace) -> dict:
     return _summary(result, args, times, device)
 
 
+def bench_eval(args: argparse.Namespace) -> dict:
+    """Time our Inception feature extraction and torch-fidelity's on the same images and weights, alternating
+    `--rounds` times in this process (so a change in machine load hits both); medians over the rounds."""
+    import tempfile
+
+    import numpy as np
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from gigatok.eval.inception import (
+        extract_features,
+        load_inception,
+        load_inception_state_dict,
+    )
+
+    ours = load_inception(args.weights)
+    state, _, _ = load_inception_state_dict(args.weights)
+    if "fc.weight" not in state:  # fid-helper's trunk has no head; torch-fidelity's class needs one (unused here)
+        state.update({"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)})
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state, f"{tmp}/weights.pth")  # torch-fidelity's format: the same names, unfolded BatchNorm
+        theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                             feature_extractor_weights_path=f"{tmp}/weights.pth")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.num_images, args.image_size, args.image_size, 3), dtype=np.uint8)
+    batches = [images[i:i + args.batch_size] for i in range(0, args.num_images, args.batch_size)]  # NHWC uint8
+
+    def run_ours(batches: list[np.ndarray]) -> np.ndarray:
+        return extract_features(ours, batches, args.batch_size, progress=False)["pool"]
+
+    def run_theirs(batches: list[np.ndarray]) -> np.ndarray:
+        with torch.no_grad():  # torch-fidelity takes NCHW uint8 tensors
+            return torch.cat([theirs(torch.from_numpy(b).permute(0, 3, 1, 2).contiguous())[0] for b in batches]).numpy()
+
+    runs = {"ours": run_ours, "torch_fidelity": run_theirs}
+    for run in runs.values():
+        run(batches[:1])  # warm-up: allocator and oneDNN kernel choice for this batch shape
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    pools = {}
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            pools[name] = run(batches)
+            times[name].append(time.perf_counter() - start)
+    rate = {name: args.num_images / statistics.median(ts) for name, ts in times.items()}
+    return {"bench": "eval", "num_images": args.num_images, "image_size": args.image_size,
+            "batch_size": args.batch_size, "threads": torch.get_num_threads(), "weights_kind": ours.weights_kind,
+            "images_per_s": rate["ours"], "torch_fidelity_images_per_s": rate["torch_fidelity"],
+            "speedup": round(rate["ours"] / rate["torch_fidelity"], 3),
+            "max_abs_diff_pool": float(np.abs(pools["ours"] - pools["torch_fidelity"]).max()),
+            "times_s": [round(t, 3) for t in times["ours"]],
+            "torch_fidelity_times_s": [round(t, 3) for t in times["torch_fidelity"]],
+            "peak_rss_mb": round(_peak_rss_mb(), 1)}
+
+
 def _run_side_by_side(argv: list[str], rounds: int) -> dict:
     """Run the official model and ours alternately, each in its own subprocess, `rounds` times each, so that a
     change in machine load hits both; report the median over all timed runs of each."""
@@ -319,11 +380,24 @@ def main(argv: list[str] | None = None) -> int:
                      help="checkout of SilentView/GigaTok: time its gpt_1d model side by side (learned positions)")
     gpt.add_argument("--rounds", type=int, default=2, help="side by side: alternating subprocess runs per impl")
     gpt.add_argument("--impl", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
+    ev = sub.add_parser("eval", help="Inception feature extraction (ADM evaluator) vs torch-fidelity's")
+    ev.add_argument("--num-images", type=int, default=128)
+    ev.add_argument("--image-size", type=int, default=256, help="random square uint8 images of this size")
+    ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass (ADM: 64)")
+    ev.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ev.add_argument("--weights", default=None, help="Inception weights file (default: the usual lookup)")
+    ev.add_argument("--rounds", type=int, default=2, help="alternating timed passes over the images per impl")
+    ev.set_defaults(official_root=None, impl="ours")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.official_root and args.impl is None:
         result = _run_side_by_side(list(argv), args.rounds)
+    elif args.bench == "eval":
+        from gigatok.eval.inception import InceptionWeightsError
+        from gigatok.infra.cli import run_stage
+
+        result = run_stage(lambda: bench_eval(args), (InceptionWeightsError,))  # missing weights: exit 2
     else:
         args.impl = args.impl or "ours"
         result = bench_gpt(args) if args.bench == "gpt" else bench_tokenizer(args)
