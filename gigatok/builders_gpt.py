@@ -41,6 +41,15 @@ def build_gpt_config(gpt_model: str, **overrides: Any) -> GPTConfig:
     return GPTConfig(**{**GPT_MODELS[gpt_model], **overrides})
 
 
+def recorded_gpt_fields(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The GPT config fields our training runs record in their checkpoints (`extra.gpt_config`), or None for
+    official files, which must be sized from flags and data."""
+    recorded = (ckpt.get("extra") or {}).get("gpt_config")
+    if recorded is None:
+        return None
+    return {k: v for k, v in recorded.items() if k in _CONFIG_FIELDS}
+
+
 def build_gpt(gpt_model: str, **overrides: Any) -> GPT:
     """Freshly initialised GPT of registry size `gpt_model`; builds on the current default device (meta works)."""
     return GPT(build_gpt_config(gpt_model, **overrides))

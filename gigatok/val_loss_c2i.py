@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -26,11 +25,16 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from gigatok.builders import load_tokenizer
-from gigatok.builders_gpt import load_gpt
+from gigatok.builders_gpt import load_gpt, recorded_gpt_fields
 from gigatok.config import ConfigError, load_config
-from gigatok.data.codes import CodeDataset, CodesError, LabeledImageFolder, ViewTransform, check_meta
+from gigatok.data.codes import (
+    CodeDataset,
+    CodesError,
+    LabeledImageFolder,
+    ViewTransform,
+    check_meta,
+)
 from gigatok.data.images import ImageDataError
-from gigatok.gpt.config import GPTConfig
 from gigatok.gpt.model import GPT_MODELS
 from gigatok.infra.checkpoint import CheckpointError, read_checkpoint
 from gigatok.infra.cli import run_stage
@@ -101,9 +105,9 @@ def check_flags(args: argparse.Namespace) -> None:
 def gpt_kwargs(args: argparse.Namespace, ckpt: dict[str, Any], vocab_size: int | None,
                block_size: int) -> dict[str, Any]:
     """GPT config fields for `load_gpt`: the checkpoint's own record (our runs), else the flags + the data."""
-    saved = (ckpt.get("extra") or {}).get("gpt_config")
+    saved = recorded_gpt_fields(ckpt)
     if saved is not None:
-        return {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(GPTConfig)}}
+        return saved
     pos_type = "rope_2d" if args.gpt_2d else "rope_1d" if args.rope else "learned_1d"
     return {**GPT_MODELS[args.gpt_model], "pos_type": pos_type, "vocab_size": vocab_size or 16384,
             "block_size": block_size, "num_classes": args.num_classes, "cls_token_num": args.cls_token_num,

@@ -1,0 +1,168 @@
+"""One table for an AR-probing run (GigaTok paper Sec. 3): rFID, gFID, validation loss and linear-probe accuracy.
+
+Reads what the stages of scripts/ar_probe.sh wrote: the tokenizer and GPT checkpoints (steps and configs, read
+memory-mapped), the val-loss JSON (gigatok.val_loss_c2i), the linear-probe JSON (gigatok.lin_probe_gpt), the
+generation metrics JSON (gigatok.sample_c2i: a file, or under a folder the `*.json` with the lowest "fid", i.e. the
+best scale of a CFG search) and optionally an rFID (a number, or a JSON with "fid"/"rfid"). A missing or skipped
+stage shows as "n/a".
+Writes `<exp-dir>/ar_probe.md` and `<exp-dir>/ar_probe.json` (atomically) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gigatok.infra.checkpoint import CheckpointError, read_checkpoint
+from gigatok.infra.cli import run_stage
+
+
+class ReportError(ValueError):
+    """A report input that exists but cannot be used."""
+
+
+USER_ERRORS = (ReportError, CheckpointError)
+# GPT run settings worth a line in the report (official train_c2i flag names).
+GPT_KEYS = ("gpt_model", "global_batch_size", "lr", "lr_scheduler", "warmup", "fract_decay", "iterations",
+            "early_stop_iter", "mixed_precision", "code_path")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--exp-dir", type=str, required=True, help="writes ar_probe.md / ar_probe.json here")
+    parser.add_argument("--name", type=str, default=None, help="row name (default: the exp-dir name)")
+    parser.add_argument("--tok-ckpt", type=str, default=None)
+    parser.add_argument("--tok-config", type=str, default=None)
+    parser.add_argument("--gpt-ckpt", type=str, default=None)
+    parser.add_argument("--val-loss", type=str, default=None, help="val_loss JSON")
+    parser.add_argument("--lin-probe", type=str, default=None, help="lin_probe_acc.json")
+    parser.add_argument("--gfid", type=str, default=None, help="generation metrics JSON, or a folder holding it")
+    parser.add_argument("--rfid", type=str, default=None, help="a number, or a JSON with 'fid' / 'rfid'")
+    return parser.parse_args(argv)
+
+
+def read_json(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """A JSON object, or None when the path is not given or does not exist (the stage did not run)."""
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"'{path}' is not valid JSON ({err}); re-run the stage that writes it.") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"'{path}' holds a JSON {type(data).__name__}, expected an object.")
+    return data
+
+
+def find_gfid(path: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(metrics, file) of the generation evaluation: the file itself, or under a folder the JSON with the lowest
+    "fid" (a CFG search writes one per scale and reports the best)."""
+    if not path:
+        return None, None
+    if not Path(path).is_dir():
+        data = read_json(path)
+        return data, (path if data is not None else None)
+    found = [(data, str(p)) for p in sorted(Path(path).rglob("*.json"))
+             if (data := read_json(p)) is not None and isinstance(data.get("fid"), (int, float))]
+    return min(found, key=lambda item: item[0]["fid"]) if found else (None, None)
+
+
+def read_rfid(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    data = read_json(value)
+    if data is None:
+        raise ReportError(f"--rfid '{value}' is neither a number nor an existing JSON file.")
+    for key in ("rfid", "fid", "rFID"):
+        if key in data:
+            return float(data[key])
+    raise ReportError(f"--rfid JSON '{value}' has no 'rfid' / 'fid' entry (keys: {sorted(data)[:10]}).")
+
+
+def checkpoint_summary(path: str | None) -> dict[str, Any] | None:
+    """Step and run config of a training checkpoint (memory-mapped: the weights are not read)."""
+    if not path or not Path(path).is_file():
+        return None
+    ckpt = read_checkpoint(path)
+    step = ckpt.get("step", ckpt.get("steps"))
+    return {"path": str(path), "step": None if step is None else int(step), "config": ckpt.get("config") or {}}
+
+
+def build_report(args: argparse.Namespace) -> dict[str, Any]:
+    """Collect every stage's output into one dict (missing stages are None)."""
+    tok, gpt = checkpoint_summary(args.tok_ckpt), checkpoint_summary(args.gpt_ckpt)
+    val_loss, probe = read_json(args.val_loss), read_json(args.lin_probe)
+    gen, gen_file = find_gfid(args.gfid)
+    gpt_config = (gpt or {}).get("config", {})
+    return {
+        "name": args.name or Path(args.exp_dir).name,
+        "tokenizer": {"checkpoint": args.tok_ckpt, "config": args.tok_config, "steps": (tok or {}).get("step")},
+        "gpt": {"checkpoint": args.gpt_ckpt, "steps": (gpt or {}).get("step"),
+                **{k: gpt_config.get(k) for k in GPT_KEYS if k in gpt_config}},
+        "rfid": read_rfid(args.rfid),
+        "gfid": None if gen is None else gen.get("fid"),
+        "generation": None if gen is None else {"file": gen_file, **{k: gen.get(k) for k in (
+            "fid", "sfid", "inception_score", "precision", "recall", "num_samples", "cfg_scale", "cfg_schedule")
+            if k in gen}},
+        "val_loss": None if val_loss is None else val_loss.get("val_loss"),
+        "lin_probe_top1": None if probe is None else probe.get("top1"),
+        "lin_probe": None if probe is None else {k: probe.get(k) for k in (
+            "top1", "top5", "num_images", "epoch", "checkpoint") if k in probe},
+    }
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The one-row results table plus the settings it came from."""
+    top1 = report["lin_probe_top1"]
+    row = [report["name"], _cell(report["tokenizer"]["steps"], "d"), _cell(report["rfid"], ".2f"),
+           str(report["gpt"].get("gpt_model", "n/a")), _cell(report["gpt"]["steps"], "d"),
+           _cell(report["gfid"], ".2f"), _cell(report["val_loss"], ".4f"),
+           _cell(None if top1 is None else 100 * top1, ".2f")]
+    lines = [f"# AR probing: {report['name']}", "",
+             "| run | tokenizer steps | rFID | GPT | GPT steps | gFID | val loss | lin-probe top-1 (%) |",
+             "|---|---|---|---|---|---|---|---|", "| " + " | ".join(row) + " |", "", "## Settings", ""]
+    lines.append(f"- tokenizer: `{report['tokenizer']['checkpoint']}` (config `{report['tokenizer']['config']}`)")
+    gpt = {k: v for k, v in report["gpt"].items() if k not in ("checkpoint", "steps")}
+    lines.append(f"- GPT: `{report['gpt']['checkpoint']}`; " + ", ".join(f"{k} {v}" for k, v in gpt.items()))
+    if report["generation"]:
+        lines.append("- generation: " + ", ".join(f"{k} {v}" for k, v in report["generation"].items()))
+    if report["lin_probe"]:
+        lines.append("- linear probe: " + ", ".join(f"{k} {v}" for k, v in report["lin_probe"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def report_stage(args: argparse.Namespace) -> dict[str, Any]:
+    report = build_report(args)
+    out_dir = Path(args.exp_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = render_markdown(report)
+    _write_atomic(out_dir / "ar_probe.json", json.dumps(report, indent=1))
+    _write_atomic(out_dir / "ar_probe.md", markdown)
+    print(markdown, end="")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
+    args = parse_args(argv)
+    run_stage(lambda: report_stage(args), USER_ERRORS)
+
+
+if __name__ == "__main__":
+    main()

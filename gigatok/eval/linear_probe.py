@@ -1,0 +1,549 @@
+"""Linear probing of frozen features: the MAE `main_linprobe` recipe used by GigaTok's two probes.
+
+The frozen trunk (tokenizer, or tokenizer + GPT) stays outside this module: the loops take a
+`features_fn(images) -> (B, D) float` callable, so nothing here imports a model (SPEC_evaluation §5).
+
+Recipe (GigaTok `autoregressive/lin_probe/lin_probe.py`, `tokenizer/lin_probe/lin_probe.py`, MAE/MoCo v3):
+- head: `BatchNorm1d(D, affine=False, eps=1e-6)` then `Linear(D, C)`, weight trunc-normal std 0.01, bias 0
+  (MoCo v3; GigaTok leaves PyTorch's default bias init, a negligible difference);
+- LARS, momentum 0.9, trust coefficient 0.001, parameters with ndim <= 1 get neither weight decay nor the trust
+  ratio; weight decay 0;
+- lr = blr * global_batch / 256 (blr 0.1), set every step: linear warm-up over `warmup_epochs`, then a
+  half-cosine to `min_lr` at `epochs` (MAE `adjust_learning_rate`, fractional epoch = step / steps_per_epoch);
+- cross-entropy, fp16 GradScaler, no gradient clipping; train data: ADM `random_crop_arr` + horizontal flip,
+  val: `center_crop_arr`; metric: top-1 (and top-5) over the whole val set, summed over ranks.
+
+Run directory `{save_path}/{sub_exp_dir}/`: `checkpoints/{epoch:04d}.pt` (official names and entries: "model",
+"optimizer", "steps", "epoch", plus ours), `log.txt`, `metrics.jsonl`, `lin_probe_acc.json` / `.txt` (results).
+Checkpoints are written at epoch ends (every `ckpt_epoch` epochs and the last one, as official), atomically; a
+rerun resumes after the newest one and reproduces the uninterrupted run (augmentation is keyed by
+(seed, epoch, image), the shuffle by seed + epoch).
+
+Shape letters: B batch, D feature width, C classes, S image size.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from gigatok.config import VQConfig, load_config
+from gigatok.data.codes import LabeledImageFolder
+from gigatok.data.images import ImageDataError
+from gigatok.data.sampler import ResumableDistributedSampler
+from gigatok.data.train_images import TrainImageDataset
+from gigatok.data.transforms import CenterCropTransform
+from gigatok.infra.checkpoint import (
+    CheckpointError,
+    extract_state_dict,
+    read_checkpoint,
+    resolve_checkpoint_path,
+    save_checkpoint_atomic,
+)
+from gigatok.infra.dist import (
+    DistInfo,
+    init_distributed,
+    is_main_process,
+    setup_logging,
+)
+from gigatok.infra.logging import MetricsLogger, reduce_metrics
+from gigatok.infra.parallel import parallelize, unwrap
+
+logger = logging.getLogger(__name__)
+
+FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
+RESULTS_NAME = "lin_probe_acc"
+_CKPT_NAME = re.compile(r"^(\d+)\.pt$")
+
+
+class ProbeError(ValueError):
+    """A linear-probe setting or input the user must fix (flags, data folders, probe checkpoints)."""
+
+
+# -- Optimizer, head, schedule -----------------------------------------------------------------------------------
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (MAE / MoCo v3 `LARS`).
+
+    For every parameter p with ndim > 1: `g = grad + weight_decay * p`, then
+    `g *= trust_coefficient * |p| / |g|` (1 when either norm is 0). Parameters with ndim <= 1 (biases, norms) use
+    the raw gradient. Then `mu = momentum * mu + g; p -= lr * mu`.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float = 0.0,
+                 weight_decay: float = 0.0, momentum: float = 0.9, trust_coefficient: float = 0.001) -> None:
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
+                    "trust_coefficient": trust_coefficient}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if p.ndim > 1:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    param_norm = torch.linalg.vector_norm(p)
+                    update_norm = torch.linalg.vector_norm(update)
+                    ratio = torch.where((param_norm > 0) & (update_norm > 0),
+                                        group["trust_coefficient"] * param_norm / update_norm,
+                                        torch.ones_like(param_norm))
+                    update = update.mul(ratio)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                state["mu"].mul_(group["momentum"]).add_(update)
+                p.add_(state["mu"], alpha=-group["lr"])
+        return loss
+
+
+class LinearProbe(nn.Module):
+    """`BatchNorm1d(D, affine=False, eps=1e-6)` -> `Linear(D, C)`; official `LinProb` keys `bn.*`, `head.*`."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)  # MoCo v3 head init
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, D) -> logits (B, C)."""
+        return self.head(self.bn(features))
+
+
+@dataclass(frozen=True)
+class ProbeSchedule:
+    """Per-step learning rate (MAE `adjust_learning_rate`), a function of the fractional epoch."""
+
+    lr: float
+    epochs: int
+    warmup_epochs: float = 10
+    min_lr: float = 0.0
+
+    def lr_at(self, epoch: float) -> float:
+        """Linear warm-up from 0 over `warmup_epochs`, then half-cosine from `lr` to `min_lr` at `epochs`."""
+        if epoch < self.warmup_epochs:
+            return self.lr * epoch / self.warmup_epochs
+        span = max(self.epochs - self.warmup_epochs, 1e-12)  # warmup_epochs == epochs: no cosine phase
+        progress = min((epoch - self.warmup_epochs) / span, 1.0)
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def probe_lr(blr: float, lr: float | None, global_batch_size: int) -> float:
+    """The absolute lr: `lr` if given, else the MAE scaling rule `blr * global_batch_size / 256`."""
+    return lr if lr is not None else blr * global_batch_size / 256
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """Number of samples whose label is among the top-k logits, for each k (k is capped at C).
+
+    Args:
+        logits: (B, C). labels: (B,) int64 in [0, C).
+    """
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (B, kmax)
+    hits = top == labels[:, None]  # (B, kmax) bool, at most one True per row
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+# -- Data --------------------------------------------------------------------------------------------------------
+
+def resolve_data_paths(data_root: str | None, train_path: str | None, val_path: str | None,
+                       need_train: bool) -> tuple[Path | None, Path]:
+    """Train / val folders: `--train-path` / `--val-path`, else `<data-root>/ILSVRC2012_img_{train,val}`."""
+    paths = {}
+    for split, given in (("train", train_path), ("val", val_path)):
+        if split == "train" and not need_train:
+            continue
+        path = Path(given) if given else Path(data_root) / f"ILSVRC2012_img_{split}" if data_root else None
+        if path is None:
+            raise ProbeError(f"no {split} images: pass --data-root (with ILSVRC2012_img_train/ and ILSVRC2012_img_val/ "
+                             "in ImageFolder layout) or --train-path / --val-path.")
+        if not path.is_dir():
+            raise ProbeError(f"image folder not found: '{path}'. Expected an ImageFolder tree "
+                             "(<folder>/<class name>/<images>).")
+        paths[split] = path
+    return paths.get("train"), paths["val"]
+
+
+def build_probe_datasets(train_path: Path | None, val_path: Path, image_size: int, seed: int,
+                         classes: list[str] | None = None) -> tuple[Dataset | None, Dataset, list[str]]:
+    """Labelled train (random crop + flip) and val (center crop) sets sharing one class-index mapping.
+
+    Items are `(images (3, S, S) float32 in [-1, 1], label, _)`. Classes are the train folder's sorted class
+    sub-folders (or `classes`, e.g. from a probe checkpoint); val labels are mapped onto them by name, so a val
+    folder holding a subset of the classes still scores correctly.
+    """
+    train = None
+    try:
+        if train_path is not None:
+            train = TrainImageDataset(train_path, image_size, seed=seed)
+            if not train.classes:
+                raise ProbeError(f"'{train_path}' has no class sub-folders: linear probing needs labels "
+                                 "(ImageFolder layout <folder>/<class name>/<images>).")
+            classes = list(train.classes)
+        val = LabeledImageFolder(val_path, CenterCropTransform(image_size))
+    except ImageDataError as err:
+        raise ProbeError(str(err)) from None
+    classes = list(val.classes) if classes is None else classes
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(val.classes) - set(index))
+    if unknown:
+        raise ProbeError(f"val folder '{val_path}' has classes the probe does not know: {unknown[:5]}"
+                         f"{' ...' if len(unknown) > 5 else ''} (train classes: {len(classes)}). Use matching "
+                         "train and val folders.")
+    val.labels = [index[val.classes[label]] for label in val.labels]
+    return train, val, classes
+
+
+# -- Loops -------------------------------------------------------------------------------------------------------
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, features_fn: FeaturesFn,
+                    *, schedule: ProbeSchedule, step: int, steps_per_epoch: int, device: torch.device,
+                    amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler,
+                    log_fn: Callable[[int, float, float], None] | None = None) -> int:
+    """One epoch of probe training on frozen features.
+
+    Args:
+        model: the probe (possibly DDP-wrapped), in train mode.
+        loader: yields `(images (B, 3, S, S), labels (B,), ...)`; exactly `steps_per_epoch` batches are used.
+        features_fn: frozen trunk, images -> (B, D); called under no_grad and autocast.
+        step: global steps done before this epoch; the lr of a step is `schedule.lr_at(step / steps_per_epoch)`.
+        log_fn: called after every step with (step, loss, lr).
+
+    Returns:
+        The global step after the epoch.
+
+    Raises:
+        ProbeError: a non-finite loss (as MAE, the run stops).
+    """
+    model.train()
+    for i, batch in enumerate(loader):
+        if i == steps_per_epoch:
+            break
+        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        lr = schedule.lr_at(step / steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with _autocast(device, amp_dtype):
+            with torch.no_grad():
+                features = features_fn(images)  # (B, D)
+            loss = F.cross_entropy(model(features), labels)
+        if not torch.isfinite(loss):
+            raise ProbeError(f"the probe loss is {float(loss)} at step {step}: lower --blr / --lr, or use "
+                             "--mixed-precision none.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        if log_fn is not None:
+            log_fn(step, loss.detach(), lr)
+    return step
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, features_fn: FeaturesFn, device: torch.device,
+             amp_dtype: torch.dtype | None) -> dict[str, float | int]:
+    """Top-1 / top-5 accuracy of the probe on this rank's batches, summed over all ranks.
+
+    Returns:
+        {"top1": fraction, "top5": fraction, "num_images": images scored over all ranks}.
+    """
+    probe = unwrap(model).eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # [top-1 hits, top-5 hits, images]
+    for batch in loader:
+        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        with _autocast(device, amp_dtype):
+            logits = probe(features_fn(images))  # (B, C)
+        top1, top5 = topk_correct(logits.float(), labels)
+        counts += torch.tensor([top1, top5, len(labels)], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    top1, top5, total = counts.tolist()
+    return {"top1": top1 / max(total, 1), "top5": top5 / max(total, 1), "num_images": int(total)}
+
+
+# -- Checkpoints and results -------------------------------------------------------------------------------------
+
+def probe_checkpoint_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"{epoch:04d}.pt"
+
+
+def find_probe_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest readable `checkpoints/{epoch:04d}.pt` of a run (unreadable ones are skipped with a warning)."""
+    folder = Path(run_dir) / "checkpoints"
+    found = sorted((int(m.group(1)), p) for p in folder.glob("*.pt") if (m := _CKPT_NAME.match(p.name))) \
+        if folder.is_dir() else []
+    for _, path in reversed(found):
+        try:
+            read_checkpoint(path)
+            return path
+        except CheckpointError as err:
+            logger.warning(f"skipping unreadable probe checkpoint {path} ({err})")
+    return None
+
+
+def save_probe_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                          scaler: torch.amp.GradScaler, epoch: int, steps: int, classes: list[str],
+                          config: dict[str, Any]) -> None:
+    """Atomic write of the official entries ("model", "optimizer", "steps", "epoch") plus ours (rank 0 only)."""
+    ckpt = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "steps": steps,
+            "epoch": epoch, "classes": list(classes), "config": config}
+    if scaler.is_enabled():
+        ckpt["scaler"] = scaler.state_dict()
+    save_checkpoint_atomic(ckpt, path)
+    logger.info(f"saved probe checkpoint {path}")
+
+
+def load_probe_weights(path: str | os.PathLike, dim: int) -> tuple[dict[str, Any], LinearProbe]:
+    """Read a probe checkpoint (ours or official) and build its head; checks the feature width D."""
+    ckpt = read_checkpoint(path)
+    state = extract_state_dict(ckpt, prefer=("model",), source=f"probe checkpoint '{path}'")
+    if "head.weight" not in state:
+        raise CheckpointError(f"'{path}' is not a linear-probe checkpoint (no 'head.weight' in its weights)")
+    num_classes, ckpt_dim = state["head.weight"].shape
+    if ckpt_dim != dim:
+        raise CheckpointError(f"probe checkpoint '{path}' expects {ckpt_dim}-d features but the trunk gives "
+                              f"{dim}-d ones: the flags (--n-layer, --fix-dim, --from-decoder, model) differ from "
+                              "the run that trained it.")
+    probe = LinearProbe(dim, num_classes)
+    probe.load_state_dict(state)
+    return ckpt, probe
+
+
+def write_results(run_dir: str | os.PathLike, results: dict[str, Any], trunk_label: str,
+                  out: str | os.PathLike | None = None) -> Path:
+    """`lin_probe_acc.json` (or `out`) plus the official one-line `lin_probe_acc.txt`, atomically (rank 0)."""
+    path = Path(out) if out else Path(run_dir) / f"{RESULTS_NAME}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = f"{trunk_label}: Accuracy of the network on the {results['num_images']} test images: {results['top1']:.4f}\n"
+    for target, text in ((path, json.dumps(results, indent=1)), (path.with_suffix(".txt"), line)):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    return path
+
+
+# -- The shared probe stage: flags and runner --------------------------------------------------------------------
+
+def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags both official lin_probe.py scripts share (same names and defaults), plus ours."""
+    parser.add_argument("--data-root", type=str, default=None,
+                        help="folder with ILSVRC2012_img_train/ and ILSVRC2012_img_val/ (ImageFolder layout)")
+    parser.add_argument("--train-path", type=str, default=None, help="train ImageFolder (overrides --data-root)")
+    parser.add_argument("--val-path", type=str, default=None, help="val ImageFolder (overrides --data-root)")
+    parser.add_argument("--save-path", type=str, default="results_lin_prob")
+    parser.add_argument("--sub-exp-dir", type=str, default=None, help="run folder under --save-path (required)")
+    parser.add_argument("--model-config", type=str, required=True, help="tokenizer YAML")
+    parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint (omitted: random weights)")
+    parser.add_argument("--dataset", type=str, default="imagenet", help="recorded (an ImageFolder is read)")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the tokenizer config's")
+    parser.add_argument("--epochs", type=int, default=90)
+    parser.add_argument("--blr", type=float, default=0.1, help="lr = blr * global batch / 256 unless --lr")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--warmup-epochs", type=float, default=10)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=512, help="per process; global = x world size")
+    parser.add_argument("--min-lr", type=float, default=0.0)
+    parser.add_argument("--global-seed", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=16)
+    parser.add_argument("--mixed-precision", type=str, choices=["none", "fp16", "bf16"], default="none")
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--ckpt-epoch", type=int, default=10, help="checkpoint every k epochs (and the last)")
+    parser.add_argument("--num-code", type=int, default=None, help="use the first N codes / latent tokens")
+    parser.add_argument("--dist-eval", action="store_true", help="accepted: evaluation is always sharded exactly")
+    parser.add_argument("--lin-probe-ckpt", type=str, default=None, help="--eval: probe checkpoint (default: newest)")
+    parser.add_argument("--eval", action="store_true", help="only evaluate a probe checkpoint on the val set")
+    parser.add_argument("--out", type=str, default=None, help="results JSON (default: <run dir>/lin_probe_acc.json)")
+    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def check_probe_flags(args: argparse.Namespace) -> None:
+    """Reject bad shared flags before any work."""
+    if not args.sub_exp_dir:
+        raise ProbeError("--sub-exp-dir is required: the run folder is <--save-path>/<--sub-exp-dir>.")
+    for name in ("epochs", "batch_size", "log_every", "ckpt_epoch"):
+        if getattr(args, name) <= 0:
+            raise ProbeError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    if args.warmup_epochs < 0 or args.min_lr < 0:
+        raise ProbeError("--warmup-epochs and --min-lr must be >= 0.")
+    if args.eval and args.lin_probe_ckpt is None and find_probe_checkpoint(
+            Path(args.save_path) / args.sub_exp_dir) is None:
+        raise ProbeError(f"--eval: no probe checkpoint under '{Path(args.save_path) / args.sub_exp_dir}' and no "
+                         "--lin-probe-ckpt given.")
+    resolve_data_paths(args.data_root, args.train_path, args.val_path, need_train=not args.eval)
+
+
+def start_probe_stage(args: argparse.Namespace) -> tuple[DistInfo, VQConfig, int]:
+    """The opening both probe entry points share: check the flags and the tokenizer checkpoint's existence, join
+    the process group, set up logging, read the tokenizer config and check the image size, seed the weights init.
+
+    Returns:
+        (process info, tokenizer config, image size S).
+    """
+    check_probe_flags(args)
+    if args.vq_ckpt is not None:
+        resolve_checkpoint_path(args.vq_ckpt)  # a missing file fails before any model is built
+    dist_info = init_distributed(args.device)
+    setup_logging(Path(args.save_path) / args.sub_exp_dir)
+    config = load_config(args.model_config)
+    image_size = args.image_size or config.model.init_args.image_size
+    if image_size != config.model.init_args.image_size:
+        raise ProbeError(f"--image-size {image_size} differs from the tokenizer's image_size "
+                         f"{config.model.init_args.image_size} ('{args.model_config}').")
+    if args.vq_ckpt is None:
+        logger.warning("no --vq-ckpt: the tokenizer has RANDOM weights (tests only)")
+    torch.manual_seed(args.global_seed)  # random tokenizer weights agree across ranks
+    return dist_info, config, image_size
+
+
+def _num_workers(args: argparse.Namespace, dist_info: DistInfo) -> int:
+    return min(args.num_workers, max((os.cpu_count() or 1) // dist_info.world_size, 1))
+
+
+def _amp_dtype(args: argparse.Namespace, device: torch.device) -> tuple[torch.dtype | None, str]:
+    precision = args.mixed_precision
+    if precision == "fp16" and device.type == "cpu":
+        logger.warning("--mixed-precision fp16 is not supported on CPU; running in fp32 instead")
+        precision = "none"
+    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision], precision
+
+
+def run_probe(args: argparse.Namespace, features_fn: FeaturesFn, dist_info: DistInfo, *, image_size: int,
+              trunk_label: str, describe: dict[str, Any]) -> dict[str, Any]:
+    """Train (resuming) then evaluate a linear probe, or with `--eval` only evaluate one; returns the results.
+
+    Args:
+        features_fn: frozen trunk, images (B, 3, S, S) in [-1, 1] -> (B, D); must be deterministic (eval mode).
+        trunk_label: "LM" or "Tokenizer" (the official results line).
+        describe: what the features are (recorded in the results and the checkpoints).
+    """
+    device = dist_info.device
+    run_dir = Path(args.save_path) / args.sub_exp_dir
+    amp_dtype, precision = _amp_dtype(args, device)
+    with torch.no_grad():
+        dim = int(features_fn(torch.zeros(1, 3, image_size, image_size, device=device)).shape[-1])
+    train_path, val_path = resolve_data_paths(args.data_root, args.train_path, args.val_path, not args.eval)
+    if args.eval:
+        ckpt_path = Path(args.lin_probe_ckpt) if args.lin_probe_ckpt else find_probe_checkpoint(run_dir)
+        ckpt, probe = load_probe_weights(ckpt_path, dim)
+        _, val, _ = build_probe_datasets(None, val_path, image_size, args.global_seed, ckpt.get("classes"))
+        probe, epoch = probe.to(device), int(ckpt.get("epoch", -1))
+    else:
+        train, val, classes = build_probe_datasets(train_path, val_path, image_size, args.global_seed)
+        logger.info(f"linear probe on {describe}: {dim}-d features, {len(classes)} classes; train '{train_path}' "
+                    f"({len(train)} images), val '{val_path}' ({len(val)} images), image size {image_size}")
+        probe = train_probe(args, features_fn, dist_info, train, classes, dim, amp_dtype,
+                            {"precision": precision, "features": describe})
+        ckpt_path, epoch = probe_checkpoint_path(run_dir, args.epochs - 1), args.epochs - 1
+
+    # Every rank scores a strided shard (no padding duplicates, unlike a DistributedSampler); counts are summed.
+    shard = Subset(val, range(dist_info.rank, len(val), dist_info.world_size))
+    loader = DataLoader(shard, batch_size=args.batch_size, shuffle=False, num_workers=_num_workers(args, dist_info),
+                        pin_memory=device.type == "cuda")
+    results = {**evaluate(probe, loader, features_fn, device, amp_dtype), "num_classes": probe.head.out_features,
+               "checkpoint": str(ckpt_path), "epoch": epoch, "features": describe, "val_path": str(val_path)}
+    if is_main_process():
+        path = write_results(run_dir, results, trunk_label, args.out)
+        logger.info(f"{trunk_label}: top-1 {100 * results['top1']:.2f}%, top-5 {100 * results['top5']:.2f}% on "
+                    f"{results['num_images']} val images (probe epoch {epoch}); wrote '{path}'")
+    return results
+
+
+def train_probe(args: argparse.Namespace, features_fn: FeaturesFn, dist_info: DistInfo, train: Dataset,
+                classes: list[str], dim: int, amp_dtype: torch.dtype | None, derived: dict[str, Any]) -> LinearProbe:
+    """Train the probe for `--epochs`, resuming after the newest checkpoint of the run; returns the final probe."""
+    device, world_size = dist_info.device, dist_info.world_size
+    run_dir = Path(args.save_path) / args.sub_exp_dir
+    global_batch = args.batch_size * world_size
+    steps_per_epoch = len(train) // global_batch
+    if steps_per_epoch == 0:
+        raise ProbeError(f"{len(train)} training images are fewer than one global batch of {global_batch} "
+                         f"(--batch-size {args.batch_size} x {world_size} process(es)).")
+    schedule = ProbeSchedule(probe_lr(args.blr, args.lr, global_batch), args.epochs, args.warmup_epochs, args.min_lr)
+    torch.manual_seed(args.global_seed)  # same head init on every rank
+    probe = LinearProbe(dim, len(classes)).to(device)
+    optimizer = LARS(probe.parameters(), lr=schedule.lr, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    config = {**{k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+              "derived": {**derived, "world_size": world_size, "global_batch_size": global_batch, "lr": schedule.lr,
+                          "steps_per_epoch": steps_per_epoch, "feature_dim": dim, "num_classes": len(classes)}}
+
+    start_epoch, step = 0, 0
+    resume_path = find_probe_checkpoint(run_dir)
+    if resume_path is not None:
+        ckpt = read_checkpoint(resume_path)
+        saved_batch = (ckpt.get("config") or {}).get("derived", {}).get("global_batch_size", global_batch)
+        if saved_batch != global_batch:
+            logger.warning(f"resuming with global batch {global_batch}; the checkpoint was trained with {saved_batch}")
+        probe.load_state_dict(extract_state_dict(ckpt, prefer=("model",), source=str(resume_path)))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step = int(ckpt["epoch"]) + 1, int(ckpt["steps"])
+    logger.info(f"world size {world_size}, device {device}, precision {derived['precision']}; global batch "
+                f"{global_batch} = {args.batch_size} x {world_size}; lr {schedule.lr:g} ("
+                f"{'--lr' if args.lr is not None else f'blr {args.blr} x {global_batch} / 256'}), warm-up "
+                f"{args.warmup_epochs} epochs, cosine to {args.min_lr:g} at epoch {args.epochs}; LARS, weight decay "
+                f"{args.weight_decay}; {steps_per_epoch} steps/epoch, {steps_per_epoch * args.epochs} steps; "
+                f"{'resuming from ' + str(resume_path) if resume_path else 'starting fresh'} at epoch {start_epoch}")
+
+    sampler = ResumableDistributedSampler(train, shuffle=True, seed=args.global_seed, drop_last=True)
+    loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler, num_workers=_num_workers(args, dist_info),
+                        pin_memory=device.type == "cuda", drop_last=True,
+                        generator=torch.Generator().manual_seed(args.global_seed))
+    model = parallelize(probe, "ddp", device=device)
+    metrics = MetricsLogger(run_dir)
+    window: list[torch.Tensor] = []
+
+    def log_fn(at: int, loss: torch.Tensor, lr: float) -> None:
+        window.append(loss.float())
+        if at % args.log_every == 0:  # collective: every rank reaches the same steps
+            reduced = reduce_metrics({"train/loss": torch.stack(window).mean()})
+            metrics.log(at, {**reduced, "train/lr": lr, "train/epoch": at / steps_per_epoch})
+            window.clear()
+
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        train.set_epoch(epoch)  # the augmentation of each image is keyed by (seed, epoch, index)
+        step = train_one_epoch(model, optimizer, loader, features_fn, schedule=schedule, step=step,
+                               steps_per_epoch=steps_per_epoch, device=device, amp_dtype=amp_dtype, scaler=scaler,
+                               log_fn=log_fn)
+        if (epoch % args.ckpt_epoch == 0 and epoch > 0) or epoch == args.epochs - 1:  # official policy
+            if is_main_process():
+                save_probe_checkpoint(probe_checkpoint_path(run_dir, epoch), model=model, optimizer=optimizer,
+                                      scaler=scaler, epoch=epoch, steps=step, classes=classes, config=config)
+            if dist.is_initialized():
+                dist.barrier()
+    metrics.close()
+    if dist.is_initialized():  # BN running stats drift per rank after the last step: evaluate rank 0's (the saved)
+        for buffer in probe.buffers():
+            dist.broadcast(buffer, src=0)
+    return probe

@@ -1,0 +1,128 @@
+"""Linear probe of a frozen class-conditional GPT (official `autoregressive/lin_probe/lin_probe.py`).
+
+Features (SPEC_evaluation §5): the frozen tokenizer turns each image into codes; the frozen GPT runs, in eval mode,
+on [null class token, the first num_code - 1 codes] (the true label never enters); the feature is the residual
+stream after block `--n-layer` (default n_layer // 2, i.e. block 6 of 12 for GPT-B; official
+`ret_inner_feat_layer`), before any final norm, averaged over all num_code positions (class slot included).
+A BatchNorm + linear head is trained on top with LARS (gigatok.eval.linear_probe), then scored on the val set.
+
+Differences from the official script, on purpose: the GPT runs in eval mode during probe training too (officially
+it is left in train mode, so its dropout perturbs the training features); the tokenizer encodes in float32
+outside autocast (as code extraction does); `--train-path` / `--val-path` accept any ImageFolder pair; a training
+run ends with the val evaluation (officially a second `--eval` call, which works here too).
+
+Run it with torchrun (scripts/train_lin_probe_gpt.sh) or as one process.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import torch
+
+from gigatok.builders import load_tokenizer
+from gigatok.builders_gpt import load_gpt, recorded_gpt_fields
+from gigatok.config import ConfigError
+from gigatok.data.images import ImageDataError
+from gigatok.eval.linear_probe import (
+    ProbeError,
+    add_probe_arguments,
+        run_probe,
+    start_probe_stage,
+)
+from gigatok.gpt.model import GPT, GPT_MODELS
+from gigatok.infra.checkpoint import (
+    CheckpointError,
+    read_checkpoint,
+    resolve_checkpoint_path,
+)
+from gigatok.infra.cli import run_stage
+
+USER_ERRORS = (ProbeError, ConfigError, CheckpointError, ImageDataError)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_probe_arguments(parser)
+    parser.add_argument("--gpt-ckpt", type=str, required=True, help="GPT checkpoint (train_c2i or official)")
+    parser.add_argument("--gpt-model", type=str, choices=list(GPT_MODELS), default="GPT-B",
+                        help="size of an official checkpoint (ours record it)")
+    parser.add_argument("--rope", action="store_true", help="official checkpoint trained with --rope")
+    parser.add_argument("--adaLN", action="store_true", help="not supported (never released)")
+    parser.add_argument("--simple-adaLN", action="store_true", help="not supported (never released)")
+    parser.add_argument("--qk-norm", action="store_true", help="official checkpoint trained with --qk-norm")
+    parser.add_argument("--n-layer", type=int, default=None, help="features after this block (default n_layer // 2)")
+    parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights (official: 'model')")
+    return parser.parse_args(argv)
+
+
+def load_frozen_gpt(args: argparse.Namespace, vocab_size: int, block_size: int, device: torch.device) -> GPT:
+    """The GPT of `--gpt-ckpt` in eval mode: sized from its own record (our runs) or from the flags (official)."""
+    ckpt = read_checkpoint(args.gpt_ckpt)
+    recorded = recorded_gpt_fields(ckpt)
+    if recorded is not None:
+        fields = recorded
+        size = (ckpt.get("config") or {}).get("gpt_model", args.gpt_model)
+    else:  # official gpt_1d file: GigaTok's lin_probe builds it from the tokenizer's sizes and 1000 classes
+        fields = {"pos_type": "rope_1d" if args.rope else "learned_1d", "vocab_size": vocab_size,
+                  "block_size": block_size, "num_classes": 1000, "use_qk_norm": args.qk_norm}
+        size = args.gpt_model
+    gpt = load_gpt(ckpt, size, use_ema=args.ema, device=device, **fields)
+    if (gpt.config.vocab_size, gpt.config.block_size) != (vocab_size, block_size):
+        raise ProbeError(f"the GPT '{args.gpt_ckpt}' models {gpt.config.block_size} codes from a vocabulary of "
+                         f"{gpt.config.vocab_size}, but the tokenizer '{args.model_config}' gives {block_size} "
+                         f"codes from {vocab_size}: pass the tokenizer the GPT was trained on.")
+    if not gpt.has_null_class:
+        raise ProbeError(f"the GPT '{args.gpt_ckpt}' has no null class (class_dropout_prob 0), which the probe "
+                         "feeds instead of the label; train it with class dropout > 0.")
+    return gpt.eval().requires_grad_(False)
+
+
+def gpt_features_fn(tokenizer: torch.nn.Module, gpt: GPT, num_code: int, n_layer: int):
+    """images (B, 3, S, S) in [-1, 1] -> mean residual stream after block `n_layer`, (B, D) float32."""
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(images.device.type, enabled=False):
+            codes = tokenizer.encode_to_codes(images.float())[:, :num_code]  # (B, num_code) int64
+        null = torch.full((codes.shape[0],), gpt.num_classes, dtype=torch.long, device=codes.device)  # (B,)
+        hidden = gpt.forward_hidden(codes[:, :-1], null, n_layer)  # (B, num_code, D): class + num_code - 1 codes
+        return hidden.float().mean(dim=1)
+
+    return features
+
+
+def probe(args: argparse.Namespace) -> dict[str, Any]:
+    """The GPT linear-probe stage; returns the val results."""
+    if args.adaLN or args.simple_adaLN:
+        raise ProbeError("--adaLN / --simple-adaLN are not supported: no released GPT uses adaptive LayerNorm.")
+    resolve_checkpoint_path(args.gpt_ckpt)  # a missing file fails before any model is built
+    dist_info, config, image_size = start_probe_stage(args)
+    tokenizer = load_tokenizer(args.vq_ckpt, config, device=dist_info.device).requires_grad_(False)
+    for name in ("decoder", "s1to2decoder", "s2ddecoder"):  # only the encoder is used: free the decoders
+        if hasattr(tokenizer, name):
+            delattr(tokenizer, name)
+    gpt = load_frozen_gpt(args, tokenizer.codebook_size, tokenizer.num_tokens, dist_info.device)
+    num_code = args.num_code or tokenizer.num_tokens
+    n_layer = gpt.config.n_layer // 2 if args.n_layer is None else args.n_layer
+    if not 1 <= num_code <= tokenizer.num_tokens:
+        raise ProbeError(f"--num-code {num_code} must be in [1, {tokenizer.num_tokens}] (codes per image).")
+    if not 0 <= n_layer <= gpt.config.n_layer:
+        raise ProbeError(f"--n-layer {n_layer} must be in [0, {gpt.config.n_layer}] (GPT blocks).")
+    describe = {"trunk": "gpt", "gpt_ckpt": args.gpt_ckpt, "vq_ckpt": args.vq_ckpt, "layer": n_layer,
+                "n_layer": gpt.config.n_layer, "num_code": num_code, "dim": gpt.config.dim, "ema": args.ema,
+                "pooling": "mean over class slot + num_code - 1 codes, null class"}
+    logging.getLogger("gigatok").info(f"GPT '{args.gpt_ckpt}': {gpt.config.n_layer} blocks x {gpt.config.dim}; "
+                                      f"features after block {n_layer}, {num_code} positions")
+    return run_probe(args, gpt_features_fn(tokenizer, gpt, num_code, n_layer), dist_info, image_size=image_size,
+                     trunk_label="LM", describe=describe)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
+    args = parse_args(argv)
+    run_stage(lambda: probe(args), USER_ERRORS)
+
+
+if __name__ == "__main__":
+    main()
