@@ -49,9 +49,9 @@ from gigatok.builders import load_tokenizer
 from gigatok.config import ConfigError, VQConfig, load_config
 from gigatok.data.images import ImageDataError, ImageFolderDataset
 from gigatok.data.transforms import to_uint8
-from gigatok.eval.adm import EvaluatorError, evaluate_npz, external_interpreter
+from gigatok.eval.adm import EvaluatorError, check_evaluator, evaluate_npz
 from gigatok.eval.guards import check_pair, emit_warnings
-from gigatok.eval.inception import InceptionWeightsError, find_inception_weights
+from gigatok.eval.inception import InceptionWeightsError
 from gigatok.eval.npz import NpzFormatError, npz_info, write_image_npz
 from gigatok.eval.recon_metrics import (
     OFFICIAL_SSIM_DATA_RANGE,
@@ -340,8 +340,7 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
             find_vgg16_weights()  # fails here, naming the file
         except LPIPSWeightsError as err:
             raise LPIPSWeightsError(f"{err} Or pass --no-lpips to evaluate without LPIPS (reported as null).") from None
-    if external_interpreter(args.eval_python_path) is None:  # our PyTorch evaluator (else the TF one runs)
-        find_inception_weights(args.inception_weights)  # needed after the long part: check now
+    check_evaluator(args.eval_python_path, args.inception_weights)  # needed after the long part: check now
 
     # Setup distributed, logging, data and the records of an interrupted run (every rank reads all of them).
     dist_info, logger, autocast = setup_run(args, log_dir=out_dir)

@@ -41,16 +41,14 @@ from tqdm import tqdm
 
 from gigatok.config import VQConfig, load_config
 from gigatok.eval.adm import (
-    TF_GRAPH_NAME,
-    TF_GRAPH_URL,
     EvaluatorError,
+    check_evaluator,
     evaluate_npz,
-    external_interpreter,
     format_results,
     read_results_txt,
     write_results,
 )
-from gigatok.eval.inception import InceptionWeightsError, find_inception_weights
+from gigatok.eval.inception import InceptionWeightsError
 from gigatok.eval.npz import NpzFormatError, npz_info, write_image_npz
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import init_distributed, setup_logging
@@ -167,14 +165,7 @@ def check_evaluation_inputs(args: argparse.Namespace, image_size_eval: int) -> l
             f"reference batch for ImageNet 256x256: download {GT_NPZ_URL} (from guided-diffusion's evaluations/"
             "README) and pass its path, or pass --no-eval to only sample.")
     info = npz_info(gt)  # a malformed file fails here (NpzFormatError), not after the sampling
-    if external_interpreter(args.eval_python_path) is None:  # EvaluatorError for a path that is no executable
-        find_inception_weights(args.inception_weights)  # InceptionWeightsError names the files and how to get them
-    else:
-        graph = Path(args.inception_weights or TF_GRAPH_NAME).expanduser()  # where the TF evaluator looks
-        if not graph.is_file():
-            raise UsageError(f"the ADM TensorFlow evaluator (--eval-python-path) needs its Inception graph '{graph}'"
-                             f": download {TF_GRAPH_URL} and pass it with --inception-weights (or put it in the "
-                             "current folder), or pass --eval-python-path python for the PyTorch evaluator.")
+    check_evaluator(args.eval_python_path, args.inception_weights)  # missing weights / TF graph fail here
     if (info["height"], info["width"]) != (image_size_eval, image_size_eval):
         return [(f"the samples will be {image_size_eval} px but the reference '{gt.name}' holds "
                 f"{info['height']}x{info['width']} images: not comparable to published numbers (pass "

@@ -124,21 +124,17 @@ def evaluate_npz(ref_path: str | os.PathLike, sample_path: str | os.PathLike, *,
     ref_info, sample_info = npz_info(ref_path), npz_info(sample_path)
     resolved = resolve_purpose(purpose, sample_info, ref_info)
     warnings = check_pair(sample_info, ref_info, resolved)
-    interpreter = external_interpreter(eval_python)
-    if interpreter is None:
-        weights = find_inception_weights(inception_weights)  # fails here, before any heavy work
-    else:
-        graph = _tf_graph_path(inception_weights)
+    interpreter, weights_or_graph = check_evaluator(eval_python, inception_weights)  # fails before heavy work
     logger.info(f"evaluating '{sample_path}' ({sample_info['count']} images, {sample_info['height']}x"
                 f"{sample_info['width']}) against '{ref_path}' ({ref_info['count']} images, stored statistics: "
                 f"{ref_info['has_stats']}), purpose {resolved}")
     emit_warnings(warnings, logger)
     if interpreter is None:
-        results = _evaluate_pytorch(Path(ref_path), Path(sample_path), ref_info, sample_info, weights,
+        results = _evaluate_pytorch(Path(ref_path), Path(sample_path), ref_info, sample_info, weights_or_graph,
                                     resolve_device(device), batch_size, use_cache, progress, logger)
     else:
-        results = _run_tf_evaluator(interpreter, Path(ref_path), Path(sample_path), graph, batch_size, resolved,
-                                    logger)
+        results = _run_tf_evaluator(interpreter, Path(ref_path), Path(sample_path), weights_or_graph, batch_size,
+                                    resolved, logger)
     results.update(purpose=resolved, reference_path=str(ref_path), sample_path=str(sample_path))
     extra = [w for w in results.get("warnings", []) if w not in warnings]
     emit_warnings(extra, logger)
@@ -281,7 +277,24 @@ def _write_cache(path: Path, key: str, arrays: dict[str, np.ndarray], logger: lo
         logger.warning(f"could not write the reference cache {path}: {err}")
 
 
-def _tf_graph_path(inception_weights: str | None) -> Path:
+def check_evaluator(eval_python: str | None, inception_weights: str | None = None
+                    ) -> tuple[str | None, tuple[Path, str] | Path]:
+    """Preflight of the evaluator a stage will call at its end, so that a missing file fails before hours of work.
+
+    Returns:
+        (None, (Inception weights file, kind)) for our PyTorch path, or (external interpreter, TF graph file).
+
+    Raises:
+        EvaluatorError: `eval_python` is not an executable, or the TF graph is missing / not a .pb file.
+        InceptionWeightsError: our path and no Inception weights anywhere (the message says how to get them).
+    """
+    interpreter = external_interpreter(eval_python)
+    if interpreter is None:
+        return None, find_inception_weights(inception_weights)
+    return interpreter, find_tf_graph(inception_weights)
+
+
+def find_tf_graph(inception_weights: str | None) -> Path:
     """The TF Inception graph for the TF evaluator: the explicit file, else ./classify_image_graph_def.pb."""
     graph = Path(inception_weights).expanduser() if inception_weights else Path.cwd() / TF_GRAPH_NAME
     if inception_weights and graph.suffix != ".pb":
