@@ -100,9 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--search", action="store_true", help="search the CFG scale with the lowest FID")
     parser.add_argument("--clear-cache", action="store_true", help="delete the images (chunks, .npz) after the FID")
     parser.add_argument("--time-cnt-only", action="store_true", help="only time the sampling (no .npz, no FID)")
-    parser.add_argument("--eval-python-path", type=str, default="python",
+    parser.add_argument("--eval-python-path", type=str, default=os.environ.get("EVAL_PYTHON_PATH") or "python",
                         help="another Python with TensorFlow: run the ADM TensorFlow evaluator there; 'python' (or "
-                             "this interpreter): our PyTorch port of it, in this process")
+                             "this interpreter): our PyTorch port of it, in this process (default: "
+                             "$EVAL_PYTHON_PATH, else python)")
     parser.add_argument("--gt-npz-path", type=str, default=DEFAULT_GT_NPZ, help="ADM reference batch")
     parser.add_argument("--merge", action="store_true", help="accepted; no effect (unused officially too)")
     parser.add_argument("--qualitative", action="store_true", help="accepted; no effect (unused officially too)")
