@@ -28,7 +28,7 @@ from gigatok.data.images import ImageDataError
 from gigatok.eval.linear_probe import (
     ProbeError,
     add_probe_arguments,
-        run_probe,
+    run_probe,
     start_probe_stage,
 )
 from gigatok.gpt.model import GPT, GPT_MODELS
