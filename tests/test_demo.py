@@ -1,5 +1,5 @@
 """The CPU demo end to end, shortened (a few steps per stage): every artifact, metric and link of the report, stage
-reuse on a second run, and --fresh."""
+reuse on a second run, reruns when settings change, --fresh, and the stage runner's bookkeeping."""
 from __future__ import annotations
 
 import json
@@ -8,13 +8,15 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import expect_exit_2
 
-import gigatok.demo as demo_module
-from gigatok.demo import main
+from gigatok import demo
+from gigatok.demo import Stage, StageRunner, main
 
-QUICK = ["--tok-steps", "8", "--gpt-steps", "8", "--samples-per-class", "2", "--heldout-per-class", "3",
-         "--classifier-epochs", "1", "--threads", "1"]
-STAGES = ["tokenizer", "reference", "recon_digits", "recon_digits_grid", "recon_photos", "codes", "gpt", "samples"]
+QUICK = ["--vq-steps", "4", "--gpt-steps", "4", "--num-samples", "20", "--classifier-epochs", "1",
+         "--eval-limit", "20", "--threads", "1"]
+SCALARS = ["heldout_psnr_db", "heldout_ssim", "heldout_ssim_data_range_1", "codebook_usage", "class_agreement",
+           "classifier_heldout_accuracy", "classifier_heldout_accuracy_mirrored"]
 
 
 @pytest.fixture(scope="module")
@@ -24,60 +26,104 @@ def quick_demo(tmp_path_factory) -> Path:
     return out
 
 
-def test_quick_demo_writes_every_artifact(quick_demo):
+def _records(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+
+
+def test_quick_demo_writes_every_artifact_metric_and_link(quick_demo):
     out = quick_demo
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ["psnr", "ssim", "codebook_usage", "class_agreement", "classifier_accuracy", "fid"]:
+    use_fid = demo.inception_available()[0]
+    for key in SCALARS + (["fid", "heldout_rfid"] if use_fid else []):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
-    assert 0 <= metrics["class_agreement"] <= 1 and 0 <= metrics["codebook_usage"] <= 1
-    assert metrics["num_samples"] == 20 and metrics["num_heldout"] == 30
-    assert set(metrics["targets"]) == {"psnr", "codebook_usage", "class_agreement", "classifier_accuracy"}
+    for key in ("codebook_usage", "class_agreement", "classifier_heldout_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert len(metrics["class_agreement_per_class"]) == 10
+    assert metrics["num_samples"] == 20 and metrics["num_heldout"] == 20
+    assert set(metrics["targets"]) == set(demo.TARGETS)
+    assert all(t["met"] == (t["value"] >= t["target"]) for t in metrics["targets"].values())
+    assert metrics["time"]["pipeline_wall_s"] > 0 and metrics["time"]["pipeline_cpu_s"] > 0
     report = (out / "report.md").read_text()
     links = re.findall(r"\]\(([^)]+)\)", report)
-    assert {"figures/recon_digits.png", "figures/recon_photos.png", "figures/samples_by_class.png",
-            "figures/curves.png", "metrics.json"} <= set(links)
+    expected = {"figures/recon_heldout.png", "figures/recon_photos.png", "figures/samples_by_class.png",
+                "figures/curves_tokenizer.png", "figures/curves_gpt.png", "metrics.json",
+                "samples/grids/class_9_grid.png", "logs/tokenizer.log", "runs/tokenizer/config.yaml"}
+    assert expected <= set(links)
     for link in links:
         assert (out / link).is_file(), link
-    for stage in STAGES:
-        assert (out / "logs" / f"{stage}.log").is_file()
-        assert json.loads((out / "stages" / f"{stage}.json").read_text())["seconds"] > 0
-    assert len(list((out / "samples").glob("class_*_grid.png"))) == 10
+    records = _records(out)
+    stages = ["data", "tokenizer", "recon_heldout", "recon_photos", "codes", "gpt", "grids", "samples", "classifier"]
+    assert set(stages) <= set(records)
+    assert all(records[s]["status"] == "done" and records[s]["wall_s"] > 0 for s in stages)
+    for s in stages:
+        if records[s]["command"]:
+            assert records[s]["command"][0].startswith("gigatok.")  # a real entry point ...
+            assert (out / "logs" / f"{s}.log").stat().st_size > 0  # ... whose output was kept
 
 
-def test_second_run_reuses_every_stage(quick_demo, capsys):
-    before = {s: (quick_demo / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
+def test_second_run_reuses_every_stage_and_a_changed_setting_reruns_its_stage(quick_demo, capsys):
+    before = _records(quick_demo)
     main(["--out", str(quick_demo), *QUICK])
     printed = capsys.readouterr().out
-    assert all(f"[demo] {s}: reusing" in printed for s in STAGES)
-    assert before == {s: (quick_demo / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
+    assert printed.count("-- reused") == len(before)
+    assert _records(quick_demo) == before  # nothing ran, no record rewritten
+    epochs = QUICK.index("--classifier-epochs") + 1
+    main(["--out", str(quick_demo), *QUICK[:epochs], "2", *QUICK[epochs + 1:]])
+    printed = capsys.readouterr().out
+    after = _records(quick_demo)
+    assert after["classifier"]["stamp"] != before["classifier"]["stamp"]  # its setting changed: it ran again
+    assert all(after[s]["stamp"] == before[s]["stamp"] for s in before if s != "classifier")
+    assert printed.count("-- reused") == len(before) - 1
 
 
-def test_changed_settings_rerun_the_stage_and_fresh_starts_over(tmp_path, monkeypatch, capsys):
-    calls = []
-
-    def fake_run_entry(name, module, flags, out, artifact, threads, workdir=None):
-        calls.append(name)
-        raise demo_module.DemoError("stop here")
-
+def test_fresh_deletes_the_output_and_until_stops_early(tmp_path):
     out = tmp_path / "out"
-    (out / "stale").mkdir(parents=True)
-    monkeypatch.setattr(demo_module, "run_entry", fake_run_entry)
-    with pytest.raises(SystemExit):
-        main(["--out", str(out), "--fresh", *QUICK])
-    assert not (out / "stale").exists() and calls == ["tokenizer"]
-    assert "error: stop here" in capsys.readouterr().err
+    main(["--out", str(out), "--until", "data", *QUICK])
+    first = _records(out)["data"]["stamp"]
+    (out / "stale.txt").write_text("from an older run")
+    main(["--out", str(out), "--fresh", "--until", "data", *QUICK])
+    assert not (out / "stale.txt").exists()
+    assert set(_records(out)) == {"data"} and _records(out)["data"]["stamp"] != first
+    assert not (out / "report.md").exists()  # --until: no report
 
 
-def test_a_stage_reruns_only_when_its_flags_change(tmp_path, capsys):
-    out, artifact, workdir = tmp_path / "out", tmp_path / "artifact", tmp_path / "work"
-    artifact.write_text("x")
-    workdir.mkdir()
-    run = demo_module.run_entry
-    assert run("stage", "gigatok.evaluate", ["--help"], out, artifact, 1, workdir) > 0  # no marker yet: runs
-    assert workdir.is_dir() and "usage" in (out / "logs" / "stage.log").read_text()
-    assert run("stage", "gigatok.evaluate", ["--help"], out, artifact, 1, workdir) == 0  # same flags: reused
-    assert "[demo] stage: reusing" in capsys.readouterr().out
-    assert run("stage", "gigatok.evaluate", ["--help", "--no-cache"], out, artifact, 1, workdir) > 0
-    assert not workdir.exists()  # other flags: the old output was removed before the rerun
-    with pytest.raises(demo_module.DemoError, match="stage 'bad' failed"):
-        run("bad", "gigatok.evaluate", ["--no-such-flag"], out, artifact, 1)
+def test_user_errors_exit_2(tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("not a demo run")
+    assert "holds no demo run" in expect_exit_2(main, ["--out", str(other)], capsys)
+    assert "not a stage" in expect_exit_2(main, ["--out", str(tmp_path / "o"), "--until", "nope"], capsys)
+    assert "--gpt-steps" in expect_exit_2(main, ["--out", str(tmp_path / "o"), "--gpt-steps", "0"], capsys)
+
+
+def test_runner_reuses_reruns_on_changed_commands_and_inputs_and_reports_failures(tmp_path, capsys):
+    """Stages are `python -m json.tool ...` here: cheap subprocesses with the same bookkeeping as the real ones."""
+    work = tmp_path / "work"
+
+    def stage(name: str, flags: list[str], deps: list[str] = ()) -> Stage:
+        def artifact() -> Path | None:
+            return work / name if (work / name).exists() else None
+
+        # Only `a` declares its folder as output (deleted when `a` starts over).
+        return Stage(name, name, artifact, [work / name] if name == "a" else [], list(deps), ["json.tool", *flags])
+
+    (work / "a").mkdir(parents=True)
+    (work / "b").mkdir()
+    runner = StageRunner(tmp_path / "out", threads=1)
+    record_a = runner.run(stage("a", ["--help"]), 1, 2)
+    record_b = runner.run(stage("b", ["--help"], ["a"]), 2, 2)
+    assert "usage" in (tmp_path / "out" / "logs" / "a.log").read_text()
+    assert not record_a["reused"] and "usage" in capsys.readouterr().err  # the output reached the terminal
+    runner = StageRunner(tmp_path / "out", threads=1)
+    assert runner.run(stage("a", ["--help"]), 1, 2)["reused"]
+    assert runner.run(stage("b", ["--help"], ["a"]), 2, 2)["reused"]
+    # `a` with another command: its output is deleted before it runs (so it cannot prove completion any more).
+    with pytest.raises(demo.DemoError, match="without producing its output"):
+        runner.run(stage("a", ["--help", "--sort-keys"]), 1, 2)
+    assert not (work / "a").exists()
+    (work / "a").mkdir()
+    runner.run(stage("a", ["--help", "--sort-keys"]), 1, 2)
+    # ... and `b`, which reads `a`'s output, runs again although its own command is unchanged.
+    assert runner.run(stage("b", ["--help"], ["a"]), 2, 2)["stamp"] != record_b["stamp"]
+    with pytest.raises(demo.DemoError, match=r"stage 'bad' failed \(exit code 2\).*bad.log"):
+        runner.run(stage("bad", ["--no-such-flag"]), 1, 1)

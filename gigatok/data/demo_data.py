@@ -120,7 +120,7 @@ def stratified_split(labels: np.ndarray, heldout_fraction: float, seed: int) -> 
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         members = members[np.random.default_rng([seed, int(c)]).permutation(len(members))]
-        n_held = int(round(heldout_fraction * len(members)))
+        n_held = round(heldout_fraction * len(members))
         heldout.append(members[:n_held])
         train.append(members[n_held:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(heldout))
@@ -202,6 +202,28 @@ def write_demo_data(root: str | os.PathLike, size: int = 32, seed: int = 0,
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, paths.info)  # last: its presence means the folders are complete
     return paths
+
+
+def write_eval_subset(source: str | os.PathLike, target: str | os.PathLike, limit: int) -> Path:
+    """A class-balanced subset of the ImageFolder `source`: about `limit` images, the first ones (file order) of
+    every class, copied to `target` (rebuilt when its recorded source/limit differ). For quick test runs."""
+    source, target = Path(source), Path(target)
+    stamp = target.with_name(target.name + ".json")  # next to the folder: image readers would warn about it
+    settings = {"source": str(source.resolve()), "limit": limit}
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        return target
+    classes = sorted(p.name for p in source.iterdir() if p.is_dir())
+    per_class = max(limit // len(classes), 1)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for c in classes:
+        (tmp / c).mkdir(parents=True)
+        for image in sorted((source / c).glob("*.png"))[:per_class]:
+            shutil.copyfile(image, tmp / c / image.name)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    stamp.write_text(json.dumps(settings))
+    return target
 
 
 def read_image_folder(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[Path]]:

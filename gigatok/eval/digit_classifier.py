@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 MAX_SHIFT = 2  # pixels, at 32 px
 
@@ -79,7 +80,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, flip: bool) -> tor
 
 def train_digit_classifier(images_uint8: np.ndarray, labels: np.ndarray, *, epochs: int = 12,
                            batch_size: int = 64, lr: float = 3e-3, seed: int = 0, flip: bool = True,
-                           num_classes: int = 10) -> DigitClassifier:
+                           num_classes: int = 10, progress: bool = False) -> DigitClassifier:
     """Train a `DigitClassifier` (AdamW, one-cycle cosine LR), deterministically for a given seed and thread count.
 
     Args:
@@ -87,6 +88,7 @@ def train_digit_classifier(images_uint8: np.ndarray, labels: np.ndarray, *, epoc
         labels: (n,) int in [0, num_classes).
         epochs: passes over the data.
         flip: also train on mirror images (see the module docstring).
+        progress: show a tqdm bar over the optimizer steps.
 
     Returns:
         The trained model, in eval mode, on the CPU.
@@ -100,6 +102,7 @@ def train_digit_classifier(images_uint8: np.ndarray, labels: np.ndarray, *, epoc
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     model.train()
     step = 0
+    bar = tqdm(total=steps, desc="classifier", unit="step", disable=not progress)
     while step < steps:
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x) - batch_size + 1, batch_size):
@@ -112,6 +115,8 @@ def train_digit_classifier(images_uint8: np.ndarray, labels: np.ndarray, *, epoc
             optimizer.step()
             schedule.step()
             step += 1
+            bar.update(1)
+    bar.close()
     return model.eval()
 
 
