@@ -18,10 +18,14 @@ def run_stage(stage: Callable[[], T], user_errors: tuple[type[BaseException], ..
     keeps its traceback. The process group is torn down either way.
     """
     try:
-        return stage()
+        result = stage()
     except user_errors as err:
         prefix = f"[rank {get_rank()}] " if get_world_size() > 1 else ""
         print(f"{prefix}error: {err}", file=sys.stderr)
+        cleanup(synchronize=False)
         raise SystemExit(2) from None
-    finally:
-        cleanup()
+    except BaseException:
+        cleanup(synchronize=False)
+        raise
+    cleanup()
+    return result

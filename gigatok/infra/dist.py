@@ -5,6 +5,7 @@ gloo on CPU. Without it everything runs as a single process (rank 0 of 1) and th
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -81,9 +82,21 @@ def all_gather_objects(obj: object) -> list[object]:
     return gathered
 
 
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(synchronize: bool = True) -> None:
+    """Tear the process group down (a no-op without one).
+
+    `synchronize`: meet at a barrier first, so no rank destroys its group while a peer's last collective is still
+    in flight. Only on the success path: after an error the peers may never arrive. Objects that still hold the group
+    (a DDP reducer in a reference cycle) are collected first; a gloo group freed later, during interpreter
+    shutdown, can abort the process ("terminate called without an active exception") after a finished run.
+    """
+    if not dist.is_initialized():
+        return
+    if synchronize:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def setup_logging(log_dir: str | os.PathLike | None = None) -> logging.Logger:
