@@ -173,7 +173,7 @@ def render_demo_report(metrics: Mapping[str, Any], stages: Sequence[Mapping[str,
     lines = [
         "# GigaTok CPU demo",
         "",
-        ("Every stage below ran through the entry point users run, with the flags listed in its log: a 2D GigaTok "
+        ("Every pipeline stage below ran through the entry point users run, with the flags listed in its log: a 2D GigaTok "
         "tokenizer trained on colourised scikit-learn digits, codes, a class-conditional GPT, samples, and their "
         "evaluation. Numbers come from this run; nothing is pretrained."),
         "",
