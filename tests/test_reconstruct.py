@@ -154,8 +154,34 @@ def test_launcher_script_with_torchrun_on_cpu(checkpoint, data_dir, tmp_path):
         assert f"--nproc_per_node={gpus}" in result.stderr  # set -x shows the torchrun command
         folder = tmp_path / f"out{gpus}" / FOLDER
         _check_outputs(folder, with_lpips=True)
-        outputs[gpus] = {p.name: p.read_bytes() for p in folder.iterdir()}
-    assert outputs[1] == outputs[2]
+        outputs[gpus] = folder
+    _assert_same_outputs(outputs[1], outputs[2])
+
+
+def _assert_same_outputs(one: Path, two: Path) -> None:
+    """Same files from 1 and 2 ranks, up to batch-size rounding.
+
+    Each rank decodes its own shard, so the batch sizes differ, and oneDNN's convolutions round slightly differently
+    per batch size (how much depends on the CPU's kernels): a pixel may land one uint8 step away, an LPIPS value a
+    hair away (its 4-decimal file name may then differ in the last digit).
+    """
+    def by_index(folder: Path) -> dict[str, Path]:
+        return {p.name.split("_")[0] + ("_gt" if p.name.endswith("_gt.png") else ""): p for p in folder.glob("0*.png")}
+
+    files_one, files_two = by_index(one), by_index(two)
+    assert files_one.keys() == files_two.keys()
+    for key, path in files_one.items():
+        a, b = (np.asarray(Image.open(p)).astype(int) for p in (path, files_two[key]))
+        diff = np.abs(a - b)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (key, diff.max(), (diff > 0).mean())
+        if not key.endswith("_gt"):
+            assert float(path.stem.split("_")[1]) == pytest.approx(float(files_two[key].stem.split("_")[1]), abs=2e-4)
+    diff = np.abs(np.asarray(Image.open(one / "grid.png")).astype(int) - np.asarray(Image.open(two / "grid.png")))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert float((one / "lpips_val.txt").read_text()) == pytest.approx(float((two / "lpips_val.txt").read_text()),
+                                                                        abs=2e-4)
+    assert sorted(p.name for p in one.iterdir() if not p.name.startswith("0")) == \
+        sorted(p.name for p in two.iterdir() if not p.name.startswith("0"))
 
 
 def test_launcher_reports_a_user_error_without_a_traceback(data_dir, tmp_path):
