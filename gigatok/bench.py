@@ -14,7 +14,9 @@ Tokenizer: `encode_decode` times `decode(encode(x))` under inference mode; `trai
 of the training forward (shortcut outputs and distill features on, as in the official trainer's first steps).
 With `--official-root` (a checkout of SilentView/GigaTok), the official model is timed too, with the same
 weights and input, each implementation in its own subprocess so that `peak_rss_mb` is its own; the JSON line
-then holds both results and the speedup.
+then holds both results and the speedup. On the CPU our side runs with the host-allocator tuning our entry points
+apply (`gigatok.infra.host_memory`); the official side runs with the default allocator, as it does on its own,
+unless `--official-cpu-malloc tuned` gives it the same tuning. `cpu_malloc` / `official_cpu_malloc` record which.
 
 GPT (random weights; timing does not depend on them): `generate` times sampling `--num-tokens` codes per image
 with the KV cache (the batch is doubled when `--cfg-scale` > 1, and the model is cast to `--precision` as the
@@ -39,6 +41,7 @@ from collections.abc import Callable
 import torch
 
 from gigatok.gpt.model import GPT_MODELS
+from gigatok.infra.host_memory import cpu_allocator_state, tune_cpu_allocator
 
 
 def _peak_rss_mb() -> float:
@@ -345,6 +348,7 @@ def _run_side_by_side(argv: list[str], rounds: int) -> dict:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["ours"]),
             "official_median_s": medians["official"], "official_times_s": times["official"],
             "official_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["official"]),
+            "official_cpu_malloc": runs["official"][-1]["cpu_malloc"],
             "speedup": round(medians["official"] / medians["ours"], 3)}
 
 
@@ -363,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--official-root", default=None, help="checkout of SilentView/GigaTok to time side by side")
     tok.add_argument("--rounds", type=int, default=2, help="side by side: alternating subprocess runs per impl")
     tok.add_argument("--impl", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
+    tok.add_argument("--official-cpu-malloc", choices=["default", "tuned"], default="default",
+                     help="side by side on CPU: the official side's host allocator (default: as it runs alone)")
     gpt = sub.add_parser("gpt", help="GPT sampling (KV cache) or teacher-forced train step")
     gpt.add_argument("--gpt-model", choices=list(GPT_MODELS), default="GPT-B")
     gpt.add_argument("--mode", choices=["generate", "train"], default="generate")
@@ -380,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="checkout of SilentView/GigaTok: time its gpt_1d model side by side (learned positions)")
     gpt.add_argument("--rounds", type=int, default=2, help="side by side: alternating subprocess runs per impl")
     gpt.add_argument("--impl", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
+    gpt.add_argument("--official-cpu-malloc", choices=["default", "tuned"], default="default",
+                     help="side by side on CPU: the official side's host allocator (default: as it runs alone)")
     ev = sub.add_parser("eval", help="Inception feature extraction (ADM evaluator) vs torch-fidelity's")
     ev.add_argument("--num-images", type=int, default=128)
     ev.add_argument("--image-size", type=int, default=256, help="random square uint8 images of this size")
@@ -400,7 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         result = run_stage(lambda: bench_eval(args), (InceptionWeightsError,))  # missing weights: exit 2
     else:
         args.impl = args.impl or "ours"
+        malloc = "tuned" if args.impl == "ours" else args.official_cpu_malloc
+        if str(args.device).startswith("cpu") and malloc == "tuned":
+            tune_cpu_allocator()  # before the model is built: it applies to later allocations
         result = bench_gpt(args) if args.bench == "gpt" else bench_tokenizer(args)
+        result["cpu_malloc"] = cpu_allocator_state()
     print(json.dumps(result))
     return 0
 

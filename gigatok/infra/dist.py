@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from gigatok.infra.host_memory import tune_cpu_allocator
+
 
 @dataclass
 class DistInfo:
@@ -41,11 +43,17 @@ def init_distributed(device: str = "auto") -> DistInfo:
     Returns:
         rank, world size, local rank and the torch device this process should use.
     """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistInfo(0, 1, 0, resolve_device(device))
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if not launched:
+        rank, world_size, local_rank = 0, 1, 0
+    else:
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch_device = resolve_device(device, local_rank)
+    if torch_device.type == "cpu":
+        tune_cpu_allocator()  # large CPU activations: reuse freed heap blocks instead of fresh page-faulting mmaps
+    if not launched:
+        return DistInfo(0, 1, 0, torch_device)
     if not dist.is_initialized():
         if torch_device.type == "cuda":
             torch.cuda.set_device(torch_device)  # before NCCL init, so each rank talks from its own GPU
