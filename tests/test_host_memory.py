@@ -23,11 +23,12 @@ x = torch.randn(1, 64, 384, 384).contiguous(memory_format=torch.channels_last)  
 
 def faults_per_forward():
     with torch.inference_mode():
-        block(x)  # warm up: the first heap growth faults either way
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(3):
+            block(x)  # warm up: the heap grows to its working size (its first touch faults either way)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
             block(x)  # four 36 MiB activations per forward (two norms, two convs)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
 
 default = faults_per_forward()
 tuned = tune_cpu_allocator()
@@ -50,7 +51,9 @@ def test_tuning_removes_the_page_faults_of_large_allocations():
     if not out["tuned"]:
         pytest.skip("not glibc: mallopt tuning unavailable")
     assert out["default"] > 2 * PAGES  # glibc: a fresh mmap per activation, each of its pages faults
-    assert out["after"] < 0.1 * PAGES  # heap reuse: (almost) no faults
+    # heap reuse: no faults per forward; a late one-off heap growth by an activation or two (fragmentation) can
+    # still land in the 5 measured forwards (0.2 activation pages per forward each), against 4 per forward before
+    assert out["after"] < 0.45 * PAGES
     assert out["state"] == "tuned"
 
 
