@@ -70,3 +70,12 @@ def test_init_distributed_tunes_cpu_runs():
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "tuned"
+
+
+def test_unknown_value_warns_and_keeps_the_tuning():
+    out = subprocess.run([sys.executable, "-c", "from gigatok.infra.host_memory import tune_cpu_allocator as t; "
+                          "print(t())"], check=False, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GIGATOK_CPU_MALLOC": "off"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "GIGATOK_CPU_MALLOC='off' is neither 'tuned' nor 'default'" in out.stderr
+    assert out.stdout.strip() in ("True", "False")  # False only off glibc
