@@ -54,7 +54,7 @@ from gigatok.infra.dist import (
 )
 from gigatok.infra.ema import EMA
 from gigatok.infra.logging import WANDB_MODES, MetricsLogger, NonFiniteGuard, reduce_metrics
-from gigatok.infra.optim import DECAY_POLICIES, build_adamw
+from gigatok.infra.optim import DECAY_POLICIES, build_adamw, load_optimizer_state
 from gigatok.infra.parallel import parallelize, unwrap
 from gigatok.infra.run_state import (
     checkpoint_dir,
@@ -494,11 +494,13 @@ def restore_run_state(ckpt: dict, parts: StepParts, sampler: ResumableDistribute
             set_optimizer_state_dict(parts.model, parts.optimizer, ckpt["optimizer"],
                                      options=StateDictOptions(full_state_dict=True))
         else:
-            parts.optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(parts.optimizer, ckpt["optimizer"])
     else:
         logger.warning("the checkpoint's generator optimizer state is missing or in another data-parallel layout "
                        f"({saved_format} vs {plan.optimizer_format}): AdamW moments restart from zero")
-    for name in ("optimizer_disc", "scaler", "scaler_disc"):
+    if "optimizer_disc" in ckpt:
+        load_optimizer_state(parts.optimizer_disc, ckpt["optimizer_disc"])
+    for name in ("scaler", "scaler_disc"):
         if name in ckpt:
             getattr(parts, name).load_state_dict(ckpt[name])
     if "data_state" in ckpt:

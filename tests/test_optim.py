@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from gigatok.infra.optim import build_adamw, split_decay_parameters, summarize_param_groups
+from gigatok.infra.optim import build_adamw, load_optimizer_state, split_decay_parameters, summarize_param_groups
 from gigatok.layers.conv import AdaptiveGroupNorm
 
 
@@ -63,7 +63,7 @@ def test_groups_summary_and_order():
     assert [g["weight_decay"] for g in summary] == [0.05, 0.0]
     total = sum(p.numel() for p in Toy().parameters() if p.requires_grad)
     assert sum(g["num_params"] for g in summary) == total
-    assert not opt.defaults["fused"]  # CPU parameters: no fused kernel
+    assert opt.defaults["fused"]  # plain fp32 CPU parameters: torch's fused CPU kernel
 
 
 def test_wrapped_model_and_decay_applied():
@@ -84,3 +84,43 @@ def test_errors():
         build_adamw(Toy(), lr=1e-4, decay_policy="everything")
     with pytest.raises(ValueError, match="no trainable"):
         build_adamw(nn.Linear(2, 2).requires_grad_(False), lr=1e-4)
+
+
+def _loss(model: nn.Module, seed: int) -> torch.Tensor:
+    """A smooth loss of every trainable parameter (Toy has no forward)."""
+    g = torch.Generator().manual_seed(seed)
+    return sum(((p - torch.randn(p.shape, generator=g)) ** 2).sum() for p in model.parameters() if p.requires_grad)
+
+
+def test_fused_cpu_kernel_matches_the_loop_and_survives_a_resume_from_an_unfused_state():
+    torch.manual_seed(0)
+    fused_model, loop_model = Toy(), Toy()
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused = build_adamw(fused_model, lr=1e-2, weight_decay=0.1)
+    loop = build_adamw(loop_model, lr=1e-2, weight_decay=0.1, fused=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    for i in range(10):
+        for model, opt in ((fused_model, fused), (loop_model, loop)):
+            opt.zero_grad()
+            _loss(model, seed=i).backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # An unfused checkpoint (the official tokenizer's plain AdamW) loaded into the fused optimizer keeps the
+    # fused kernel, so a GradScaler step (fp16 runs) still works; torch's plain load_state_dict would switch it.
+    load_optimizer_state(fused, loop.state_dict())
+    assert all(group["fused"] for group in fused.param_groups)
+    torch.testing.assert_close(fused.state_dict()["state"][0]["exp_avg"], loop.state_dict()["state"][0]["exp_avg"])
+    scaler = torch.amp.GradScaler("cpu")
+    fused.zero_grad()
+    scaler.scale(_loss(fused_model, seed=10)).backward()
+    scaler.step(fused)
+    scaler.update()
+    assert int(fused.state_dict()["state"][0]["step"]) == 11
+
+
+def test_no_fused_kernel_for_parameters_it_does_not_take():
+    meta = Toy().to("meta")
+    assert not build_adamw(meta, lr=1e-3).defaults["fused"]
+    double = Toy().to(torch.float64)
+    assert not build_adamw(double, lr=1e-3).defaults["fused"]

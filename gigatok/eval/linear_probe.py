@@ -61,6 +61,7 @@ from gigatok.infra.dist import (
     setup_logging,
 )
 from gigatok.infra.logging import MetricsLogger, reduce_metrics
+from gigatok.infra.optim import load_optimizer_state
 from gigatok.infra.parallel import parallelize, unwrap
 
 logger = logging.getLogger(__name__)
@@ -504,7 +505,7 @@ def train_probe(args: argparse.Namespace, features_fn: FeaturesFn, dist_info: Di
         if saved_batch != global_batch:
             logger.warning(f"resuming with global batch {global_batch}; the checkpoint was trained with {saved_batch}")
         probe.load_state_dict(extract_state_dict(ckpt, prefer=("model",), source=str(resume_path)))
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         if "scaler" in ckpt and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, step = int(ckpt["epoch"]) + 1, int(ckpt["steps"])

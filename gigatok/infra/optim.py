@@ -60,6 +60,13 @@ def split_decay_parameters(model: nn.Module, decay_policy: str = "all"
     return decay, no_decay
 
 
+def _fusable(param: torch.Tensor) -> bool:
+    """Whether torch's fused AdamW takes this parameter: CUDA, or CPU in fp32/bf16/fp16; not a DTensor (FSDP2)."""
+    if type(param) not in (nn.Parameter, torch.Tensor):
+        return False  # a tensor subclass (FSDP2's DTensor shards): the per-tensor loop handles it
+    return param.device.type in ("cuda", "cpu") and param.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
 def build_adamw(model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.0,
                 decay_policy: str = "all", fused: bool | None = None, eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of `model` with one of the official weight-decay policies.
@@ -71,7 +78,9 @@ def build_adamw(model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 
         betas: Adam betas (official (0.9, 0.95)).
         weight_decay: decoupled weight decay of the decay group (tokenizer 1e-4, GPT 0.05).
         decay_policy: "all", "no_norm_bias" or "matrices_only" (see the module docstring).
-        fused: use the fused CUDA kernel; None = fused when every parameter lives on a CUDA device.
+        fused: use the fused kernel; None = fused when every parameter is a plain (not sharded) float tensor
+            on CUDA or on the CPU (torch's CPU kernel: 2.4x faster than the per-tensor loop on the 1.8M-parameter
+            demo tokenizer, 7 ms instead of 17 ms per step on 2 cores).
         eps: Adam epsilon.
 
     Returns:
@@ -83,7 +92,7 @@ def build_adamw(model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 
         raise ValueError(f"{type(model).__name__} has no trainable parameters to optimise")
     params = [p for _, p in decay + no_decay]
     if fused is None:
-        fused = all(p.is_cuda for p in params)
+        fused = all(_fusable(p) for p in params)
     groups: list[dict[str, Any]] = []
     for name, items, wd in (("decay", decay, weight_decay), ("no_decay", no_decay, 0.0)):
         if items:
@@ -102,3 +111,23 @@ def summarize_param_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, A
     return [{"name": group.get("name", f"group{i}"), "num_tensors": len(group["params"]),
              "num_params": sum(p.numel() for p in group["params"]), "weight_decay": group["weight_decay"]}
             for i, group in enumerate(optimizer.param_groups)]
+
+
+KERNEL_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """`optimizer.load_state_dict(state)`, keeping the kernel choice the optimizer was built with.
+
+    torch copies every param-group entry from the saved state, the kernel flags included, so a run resumed from
+    a checkpoint written with another choice (the official tokenizer's plain AdamW, or an older run of ours)
+    would silently switch kernels, and a fused optimizer under a GradScaler would then fail at its first step
+    ("Expected grad_scale and found_inf to be None"). The built flags are written into the saved groups before
+    loading, so torch also places the `step` counters where the built kernel wants them.
+    """
+    saved = state.get("param_groups")
+    if isinstance(saved, list) and len(saved) == len(optimizer.param_groups):
+        groups = [{**old, **{k: built[k] for k in KERNEL_FLAGS if k in built}}
+                  for old, built in zip(saved, optimizer.param_groups)]
+        state = {**state, "param_groups": groups}
+    optimizer.load_state_dict(state)  # other mismatches: torch's own error

@@ -46,6 +46,7 @@ from gigatok.infra.checkpoint import (
     save_checkpoint_atomic,
 )
 from gigatok.infra.dist import all_gather_objects, barrier, get_rank, get_world_size, is_main_process
+from gigatok.infra.optim import load_optimizer_state
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +349,10 @@ def restore_training_state(checkpoint: Mapping[str, Any], *, model: nn.Module, e
         if obj is None:
             continue
         if name in checkpoint:
-            obj.load_state_dict(checkpoint[name])
+            if isinstance(obj, torch.optim.Optimizer):
+                load_optimizer_state(obj, checkpoint[name])  # keeps the built kernel (fused or not)
+            else:
+                obj.load_state_dict(checkpoint[name])
             continue
         scaler_off = name.startswith("scaler") and not obj.is_enabled()  # bf16/fp32 runs never save a scaler
         if not scaler_off:

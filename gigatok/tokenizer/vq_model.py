@@ -188,9 +188,10 @@ class _HybridTokenizer(nn.Module):
         return out
 
     def restore_memory_format(self) -> None:
-        """Put the CNN weights back in channels-last layout (after adopting checkpoint tensors with assign=True)."""
-        self.encoder.to(memory_format=torch.channels_last)
-        self.decoder.to(memory_format=torch.channels_last)
+        """Put the CNN weights back in their layout (channels-last, see `cnn.CHANNELS_LAST`) after adopting checkpoint
+        tensors with assign=True."""
+        self.encoder.to(memory_format=self.encoder.memory_format)
+        self.decoder.to(memory_format=self.decoder.memory_format)
 
     def get_fsdp_wrap_module_list(self) -> list[nn.Module]:
         """The transformer layers: FSDP wrap units."""
