@@ -34,8 +34,9 @@ def test_quick_demo_writes_every_artifact_metric_and_link(quick_demo):
     out = quick_demo
     metrics = json.loads((out / "metrics.json").read_text())
     use_fid = demo.inception_available()[0]
-    for key in SCALARS + (["fid", "heldout_rfid"] if use_fid else []):
+    for key in SCALARS + (["fid"] if use_fid else []):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert metrics["heldout_rfid"] is None  # only with --rfid
     for key in ("codebook_usage", "class_agreement", "classifier_heldout_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert len(metrics["class_agreement_per_class"]) == 10
@@ -52,8 +53,9 @@ def test_quick_demo_writes_every_artifact_metric_and_link(quick_demo):
     for link in links:
         assert (out / link).is_file(), link
     records = _records(out)
-    stages = ["data", "tokenizer", "recon_heldout", "recon_photos", "codes", "gpt", "grids", "samples", "classifier"]
-    assert set(stages) <= set(records)
+    stages = ["data", "tokenizer", "recon_heldout", "codes_heldout", "recon_photos", "codes", "gpt", "grids", "samples",
+              "classifier"] + (["reference"] if use_fid else [])
+    assert set(stages) == set(records) - {"eval_subset"}
     assert all(records[s]["status"] == "done" and records[s]["wall_s"] > 0 for s in stages)
     for s in stages:
         if records[s]["command"]:
@@ -74,6 +76,21 @@ def test_second_run_reuses_every_stage_and_a_changed_setting_reruns_its_stage(qu
     assert after["classifier"]["stamp"] != before["classifier"]["stamp"]  # its setting changed: it ran again
     assert all(after[s]["stamp"] == before[s]["stamp"] for s in before if s != "classifier")
     assert printed.count("-- reused") == len(before) - 1
+
+
+def test_rfid_reruns_only_the_heldout_reconstruction_in_the_quantitative_mode(quick_demo, capsys):
+    if not demo.inception_available()[0]:
+        pytest.skip("no Inception weights: no rFID")
+    main(["--out", str(quick_demo), *QUICK])  # the QUICK settings again (an earlier test changed one)
+    before = _records(quick_demo)
+    main(["--out", str(quick_demo), *QUICK, "--rfid"])
+    after = _records(quick_demo)
+    assert after["recon_heldout"]["stamp"] != before["recon_heldout"]["stamp"]
+    assert "--qualitative" not in after["recon_heldout"]["command"]
+    assert [s for s in before if after[s]["stamp"] != before[s]["stamp"]] == ["recon_heldout"]
+    metrics = json.loads((quick_demo / "metrics.json").read_text())
+    assert math.isfinite(metrics["heldout_rfid"]) and metrics["num_heldout"] == 20
+    assert 0.0 <= metrics["codebook_usage"] <= 1.0
 
 
 def test_fresh_deletes_the_output_and_until_stops_early(tmp_path):

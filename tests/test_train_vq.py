@@ -140,6 +140,31 @@ def test_train_dataset_layout_and_deterministic_augmentation(photos, tmp_path):
     assert flat.labels == [-1] * 4 and flat.classes == []
 
 
+def test_small_datasets_keep_decoded_images_and_augment_them_as_from_disk(tmp_path, monkeypatch):
+    cached = TrainImageDataset(write_digits(tmp_path / "digits", 4), 32, seed=1)
+    uncached = TrainImageDataset(write_digits(tmp_path / "again", 4), 32, seed=1)
+    uncached._cache = None  # what an ImageNet-size folder gets
+    first = [cached[i][0] for i in range(4)]
+    assert len(cached._cache) == 4 and cached._cache_bytes == 4 * 40 * 40 * 3
+    for path in cached.files:
+        path.write_bytes(b"not an image any more")  # a cached image is not read again
+    for epoch in (0, 1):
+        cached.set_epoch(epoch)
+        uncached.set_epoch(epoch)
+        for i in range(4):
+            images, _, unreadable = cached[i]
+            assert unreadable == 0  # served from memory: the broken file is not met
+            assert torch.equal(images, uncached[i][0])  # the same crops as from the intact files
+            if epoch == 0:
+                assert torch.equal(images, first[i])
+    # the byte budget bounds the cache
+    monkeypatch.setattr("gigatok.data.train_images.CACHE_MAX_BYTES", 2 * 40 * 40 * 3)
+    small = TrainImageDataset(write_digits(tmp_path / "budget", 4), 32)
+    for i in range(4):
+        small[i]
+    assert len(small._cache) == 2
+
+
 def test_unreadable_images_are_replaced_and_counted_across_workers(tmp_path):
     root = write_digits(tmp_path / "digits", 6)
     (root / "broken.jpg").write_bytes((root / "000.png").read_bytes()[:60])  # truncated: not decodable

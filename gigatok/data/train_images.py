@@ -16,6 +16,11 @@ per process), and the sample carries the number of unreadable files it met, so t
 a batch and over ranks and log it (this also works with DataLoader workers, whose own counters the main process
 cannot see).
 
+Small datasets (at most `CACHE_MAX_FILES` files) keep their decoded images in memory, up to `CACHE_MAX_BYTES` per
+process: re-opening and decoding a tiny PNG costs about as much as augmenting it (0.4 ms per 16 px digit on the
+demo CPU, half of the loading time of a demo step). ImageNet-size folders are never cached. With DataLoader
+workers each worker builds its own cache, which lasts one epoch (workers are re-created per epoch).
+
 Letters: S image size.
 """
 from __future__ import annotations
@@ -37,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 50  # unreadable files met in a row for one sample before the data is declared broken
 FLIP_PROB = 0.5
+CACHE_MAX_FILES = 20_000  # folders with more files are never cached
+CACHE_MAX_BYTES = 256 * 2**20  # decoded RGB bytes kept per process
 
 
 def sample_rng(seed: int, epoch: int, index: int, attempt: int = 0) -> random.Random:
@@ -92,6 +99,8 @@ class TrainImageDataset(Dataset):
         self.image_size, self.seed, self.flip_prob = image_size, seed, flip_prob
         self.epoch = 0
         self._reported: set[int] = set()
+        self._cache: dict[int, Image.Image] | None = {} if len(self.files) <= CACHE_MAX_FILES else None
+        self._cache_bytes = 0
 
     def __len__(self) -> int:
         return len(self.files)
@@ -100,16 +109,24 @@ class TrainImageDataset(Dataset):
         self.epoch = epoch
 
     def _load(self, index: int) -> Image.Image | None:
-        """The RGB image of file `index`, or None (with a warning, once per file) when it cannot be decoded."""
+        """The RGB image of file `index`, or None (with a warning, once per file) when it cannot be decoded.
+        Callers must not modify it in place (it may be the cached copy)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         try:
             with Image.open(self.files[index]) as image:
-                return image.convert("RGB")  # convert() forces the full decode inside the try
+                rgb = image.convert("RGB")  # convert() forces the full decode inside the try
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             if index not in self._reported:
                 self._reported.add(index)
                 logger.warning(f"unreadable training image '{self.files[index]}' ({type(err).__name__}: {err}); "
                                "replaced by another image (counted in train/corrupt_images)")
             return None
+        size = rgb.width * rgb.height * 3
+        if self._cache is not None and self._cache_bytes + size <= CACHE_MAX_BYTES:
+            self._cache[index] = rgb
+            self._cache_bytes += size
+        return rgb
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         source = index

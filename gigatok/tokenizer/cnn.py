@@ -24,14 +24,6 @@ from gigatok.layers.conv import (
 
 # CHANNELS_LAST: conv weights and activations are kept channels-last (NHWC strides; shapes and state_dict keys
 # unchanged). oneDNN on CPU and cuDNN on GPU then run the convolutions without reordering tensors on every call.
-# Not for narrow CNNs: with 32 groups, a base width under 64 leaves GroupNorm 1 channel per group, where torch's
-# channels-last GroupNorm kernel is ~10x slower than its NCHW one (CPU, (32, 32, 16, 16): 1.2-1.6 ms vs 0.1 ms),
-# which outweighs the faster convolutions (the demo tokenizer, cnn_ch 32). See `conv_memory_format`.
-
-
-def conv_memory_format(ch: int) -> torch.memory_format:
-    """The activation/weight layout of a CNN with base width `ch` (see CHANNELS_LAST)."""
-    return torch.channels_last if ch >= 64 else torch.contiguous_format
 
 
 class Encoder(nn.Module):
@@ -63,11 +55,10 @@ class Encoder(nn.Module):
         self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, dropout), ResnetBlock(block_in, block_in, dropout)])
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, padding=1)
-        self.memory_format = conv_memory_format(ch)
-        self.to(memory_format=self.memory_format)  # see CHANNELS_LAST
+        self.to(memory_format=torch.channels_last)  # see CHANNELS_LAST
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x.contiguous(memory_format=self.memory_format))
+        h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
         for block in self.conv_blocks:
             for res in block.res:
                 h = res(h)
@@ -109,8 +100,7 @@ class Decoder(nn.Module):
             self.conv_blocks.append(block)
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
-        self.memory_format = conv_memory_format(ch)
-        self.to(memory_format=self.memory_format)  # see CHANNELS_LAST
+        self.to(memory_format=torch.channels_last)  # see CHANNELS_LAST
 
     @property
     def last_layer(self) -> torch.Tensor:
@@ -119,7 +109,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         style = style_statistics(z.float()) if self.adaptive is not None else None
-        h = self.conv_in(z.contiguous(memory_format=self.memory_format))
+        h = self.conv_in(z.contiguous(memory_format=torch.channels_last))
         for res in self.mid:
             h = res(h)
         for level, block in enumerate(self.conv_blocks):
@@ -129,5 +119,5 @@ class Decoder(nn.Module):
             for res in block.res:
                 h = res(h)
             if hasattr(block, "upsample"):
-                h = block.upsample(h).contiguous(memory_format=self.memory_format)  # D2S: channels-last strides
+                h = block.upsample(h)
         return self.conv_out(silu(self.norm_out(h)))
