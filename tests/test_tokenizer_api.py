@@ -183,3 +183,29 @@ def test_num_res_blocks_sets_the_cnn_depth() -> None:
         assert {len(level.res) for level in tokenizer.decoder.conv_blocks} == {blocks + 1}
         x = images(2, 32)
         assert tokenizer(x).recon.shape == x.shape
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_cnn_layout_follows_the_config_and_does_not_change_results(tmp_path, channels_last: bool) -> None:
+    """`cnn_channels_last` (ours; the demo turns it off): the layout survives a checkpoint load, and the other layout
+    gives the same outputs and gradients up to rounding."""
+    config = load_config(DEBUG_2D, [f"model.init_args.cnn_channels_last={channels_last}"])
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(config).train()
+    assert tokenizer.encoder.memory_format == tokenizer.decoder.memory_format == layout
+    save_official_format(tokenizer, tmp_path / "tok.pt")
+    loaded = load_tokenizer(tmp_path / "tok.pt", config)
+    assert loaded.encoder.conv_in.weight.is_contiguous(memory_format=layout)
+    assert loaded.decoder.conv_out.weight.is_contiguous(memory_format=layout)
+    other = build_tokenizer(load_config(DEBUG_2D, [f"model.init_args.cnn_channels_last={not channels_last}"])).train()
+    other.load_state_dict(tokenizer.state_dict())
+    x = images(2, 32)
+    outs = []
+    for model in (tokenizer, other):
+        out = model(x)
+        assert out.recon.is_contiguous(memory_format=model.decoder.memory_format)  # no layout switch inside
+        out.recon.pow(2).mean().backward()
+        outs.append((out.recon.detach(), model.encoder.conv_in.weight.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=5e-5)  # oneDNN: other kernels per layout
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-6)

@@ -93,10 +93,11 @@ class _HybridTokenizer(nn.Module):
         self.grid_size = args.image_size // 2**levels
         self.codebook_size = args.codebook_size
         self.encoder = Encoder(args.cnn_ch, tuple(args.encoder_ch_mult), args.num_res_blocks, args.z_channels,
-                               args.dropout_p)
+                               args.dropout_p, channels_last=args.cnn_channels_last)
         self._build_token_transformers(args)
         self.decoder = Decoder(args.cnn_ch, tuple(args.decoder_ch_mult), args.num_res_blocks, args.z_channels,
-                               args.dropout_p, adaptive_gn=args.adaptive_gn, d2s_up=args.d2s_up)
+                               args.dropout_p, adaptive_gn=args.adaptive_gn, d2s_up=args.d2s_up,
+                               channels_last=args.cnn_channels_last)
         self.apply(_init_weights)  # before the quantizer and the 1x1 convs, which keep their own init (official)
         self.quantize = VectorQuantizer(
             args.codebook_size, args.codebook_embed_dim, args.commit_loss_beta, args.entropy_loss_ratio,
@@ -189,9 +190,10 @@ class _HybridTokenizer(nn.Module):
         return out
 
     def restore_memory_format(self) -> None:
-        """Put the CNN weights back in channels-last layout (after adopting checkpoint tensors with assign=True)."""
-        self.encoder.to(memory_format=torch.channels_last)
-        self.decoder.to(memory_format=torch.channels_last)
+        """Put the CNN weights back in their layout (channels-last unless cnn_channels_last is off) after adopting
+        checkpoint tensors with assign=True."""
+        self.encoder.to(memory_format=self.encoder.memory_format)
+        self.decoder.to(memory_format=self.decoder.memory_format)
 
     def get_fsdp_wrap_module_list(self) -> list[nn.Module]:
         """The transformer layers: FSDP wrap units."""
