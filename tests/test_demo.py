@@ -113,8 +113,10 @@ def test_user_errors_exit_2(tmp_path, capsys):
     assert "--gpt-steps" in expect_exit_2(main, ["--out", str(tmp_path / "o"), "--gpt-steps", "0"], capsys)
 
 
-def test_runner_reuses_reruns_on_changed_commands_and_inputs_and_reports_failures(tmp_path, capsys):
-    """Stages are `python -m json.tool ...` here: cheap subprocesses with the same bookkeeping as the real ones."""
+@pytest.mark.parametrize("warm", [True, False], ids=["warm-start", "subprocess"])
+def test_runner_reuses_reruns_on_changed_commands_and_inputs_and_reports_failures(tmp_path, capsys, warm):
+    """Stages are `python -m json.tool ...` here: cheap commands with the same bookkeeping as the real ones, run
+    in children of the warm-start zygote or as plain subprocesses."""
     work = tmp_path / "work"
 
     def stage(name: str, flags: list[str], deps: list[str] = ()) -> Stage:
@@ -126,21 +128,23 @@ def test_runner_reuses_reruns_on_changed_commands_and_inputs_and_reports_failure
 
     (work / "a").mkdir(parents=True)
     (work / "b").mkdir()
-    runner = StageRunner(tmp_path / "out", threads=1)
-    record_a = runner.run(stage("a", ["--help"]), 1, 2)
-    record_b = runner.run(stage("b", ["--help"], ["a"]), 2, 2)
-    assert "usage" in (tmp_path / "out" / "logs" / "a.log").read_text()
-    assert not record_a["reused"] and "usage" in capsys.readouterr().err  # the output reached the terminal
-    runner = StageRunner(tmp_path / "out", threads=1)
-    assert runner.run(stage("a", ["--help"]), 1, 2)["reused"]
-    assert runner.run(stage("b", ["--help"], ["a"]), 2, 2)["reused"]
-    # `a` with another command: its output is deleted before it runs (so it cannot prove completion any more).
-    with pytest.raises(demo.DemoError, match="without producing its output"):
+    with StageRunner(tmp_path / "out", threads=1, warm=warm, modules=["json.tool"]) as runner:
+        assert (runner.launcher is not None) == (warm and demo.warm_start.available())
+        record_a = runner.run(stage("a", ["--help"]), 1, 2)
+        record_b = runner.run(stage("b", ["--help"], ["a"]), 2, 2)
+        assert "usage" in (tmp_path / "out" / "logs" / "a.log").read_text()
+        assert not record_a["reused"] and "usage" in capsys.readouterr().err  # the output reached the terminal
+        assert record_a["cpu_s"] > 0  # counted for warm children too (the zygote reaps them, not the runner)
+    with StageRunner(tmp_path / "out", threads=1, warm=warm) as runner:
+        assert runner.run(stage("a", ["--help"]), 1, 2)["reused"]
+        assert runner.run(stage("b", ["--help"], ["a"]), 2, 2)["reused"]
+        # `a` with another command: its output is deleted before it runs (so it cannot prove completion any more).
+        with pytest.raises(demo.DemoError, match="without producing its output"):
+            runner.run(stage("a", ["--help", "--sort-keys"]), 1, 2)
+        assert not (work / "a").exists()
+        (work / "a").mkdir()
         runner.run(stage("a", ["--help", "--sort-keys"]), 1, 2)
-    assert not (work / "a").exists()
-    (work / "a").mkdir()
-    runner.run(stage("a", ["--help", "--sort-keys"]), 1, 2)
-    # ... and `b`, which reads `a`'s output, runs again although its own command is unchanged.
-    assert runner.run(stage("b", ["--help"], ["a"]), 2, 2)["stamp"] != record_b["stamp"]
-    with pytest.raises(demo.DemoError, match=r"stage 'bad' failed \(exit code 2\).*bad.log"):
-        runner.run(stage("bad", ["--no-such-flag"]), 1, 1)
+        # ... and `b`, which reads `a`'s output, runs again although its own command is unchanged.
+        assert runner.run(stage("b", ["--help"], ["a"]), 2, 2)["stamp"] != record_b["stamp"]
+        with pytest.raises(demo.DemoError, match=r"stage 'bad' failed \(exit code 2\).*bad.log"):
+            runner.run(stage("bad", ["--no-such-flag"]), 1, 1)
