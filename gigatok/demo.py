@@ -638,6 +638,9 @@ def run_demo(args: argparse.Namespace) -> Path:
     if args.until is not None and args.until not in names:
         raise DemoError(f"--until '{args.until}' is not a stage; choose one of {', '.join(names)}")
     print(f"GigaTok CPU demo -> {out}\n  FID: {'on' if use_fid else 'off'} ({fid_note})", flush=True)
+    if args.rfid and not use_fid:
+        print("  --rfid ignored: rFID needs the Inception weights (see the FID line above); the held-out "
+              "reconstruction runs in the qualitative mode", flush=True)
     modules = list(dict.fromkeys(s.command[0] for s in stages if s.command))
     tic = time.perf_counter()
     with StageRunner(out, args.threads, warm=not args.no_warm_start, modules=modules) as runner:

@@ -104,6 +104,11 @@ def test_fresh_deletes_the_output_and_until_stops_early(tmp_path):
     assert not (out / "report.md").exists()  # --until: no report
 
 
+def test_rfid_without_fid_says_it_is_ignored(tmp_path, capsys):
+    main(["--out", str(tmp_path / "out"), "--until", "data", "--no-fid", "--rfid", *QUICK])
+    assert "--rfid ignored: rFID needs the Inception weights" in capsys.readouterr().out
+
+
 def test_user_errors_exit_2(tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
