@@ -42,6 +42,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -204,6 +205,8 @@ class StageRunner:
                     self.launcher = None
             if code is None:
                 code = self._subprocess(stage, sink)
+        if code in (130, -signal.SIGINT):  # Ctrl-C reached the stage first: report it as the interruption it is
+            raise KeyboardInterrupt
         if code != 0:
             raise DemoError(f"stage '{stage.name}' failed (exit code {code}); its output is in {log_path}")
         return cpu

@@ -153,3 +153,15 @@ def test_runner_reuses_reruns_on_changed_commands_and_inputs_and_reports_failure
         assert runner.run(stage("b", ["--help"], ["a"]), 2, 2)["stamp"] != record_b["stamp"]
         with pytest.raises(demo.DemoError, match=r"stage 'bad' failed \(exit code 2\).*bad.log"):
             runner.run(stage("bad", ["--no-such-flag"]), 1, 1)
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm-start", "subprocess"])
+def test_a_stage_stopped_by_ctrl_c_is_reported_as_an_interruption(tmp_path, monkeypatch, warm):
+    """A stage that got Ctrl-C first (exit code 130) makes the runner raise KeyboardInterrupt, which run_demo turns
+    into the "run the same command again to resume" message, not into a failed stage."""
+    (tmp_path / "ctrl_c_stage.py").write_text("raise SystemExit(130)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    stage = Stage("s", "s", lambda: None, [], [], ["ctrl_c_stage"])
+    with StageRunner(tmp_path / "out", threads=1, warm=warm) as runner:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(stage, 1, 1)
