@@ -41,7 +41,7 @@ from gigatok.gpt.config import GPTConfig
 from gigatok.gpt.model import GPT, GPT_MODELS
 from gigatok.infra.checkpoint import CheckpointError
 from gigatok.infra.cli import run_stage
-from gigatok.infra.dist import init_distributed, is_main_process, setup_logging
+from gigatok.infra.dist import cpu_bf16_warning, init_distributed, is_main_process, setup_logging
 from gigatok.infra.ema import EMA
 from gigatok.infra.logging import MetricsLogger, NonFiniteGuard, reduce_metrics
 from gigatok.infra.optim import build_adamw
@@ -381,6 +381,8 @@ def train(args: argparse.Namespace) -> Path:
         logger.warning("--mixed-precision fp16 is not supported on CPU; training in fp32 instead")
         precision = "none"
     amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    if (note := cpu_bf16_warning(device, amp_dtype)) is not None:
+        logger.warning(note)
     use_compile = args.compile or (not args.no_compile and device.type == "cuda")
     if device.type == "cpu" and not (args.compile or args.no_compile):
         logger.info("note: torch.compile is off on CPU by default (pass --compile to force it)")

@@ -47,6 +47,7 @@ from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
     DistInfo,
     barrier,
+    cpu_bf16_warning,
     get_rank,
     init_distributed,
     is_main_process,
@@ -569,6 +570,8 @@ def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str 
         torch.backends.cudnn.allow_tf32 = True
     if device.type == "cpu" and plan.amp_dtype == torch.float16:
         logger.warning("fp16 autocast on CPU is very slow (no fast fp16 kernels): prefer --mixed-precision bf16 or none")
+    if (note := cpu_bf16_warning(device, plan.amp_dtype)) is not None:
+        logger.warning(note)
 
     # -- Tokenizer, loss (discriminator, LPIPS, teacher), EMA, and the weights of the checkpoint we start from:
     # the newest one of this run (resume), else --vq-ckpt (resume its state, or only its weights with --finetune).

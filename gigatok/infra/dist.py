@@ -37,6 +37,24 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def cpu_bf16_warning(device: torch.device, dtype: torch.dtype | None) -> str | None:
+    """A warning when bf16 autocast is asked for on a CPU without native bf16 kernels, else None.
+
+    Without AVX512-BF16 / AMX (e.g. AMD Zen 3, most AVX2-only CPUs) oneDNN emulates bf16: a Linear forward+backward
+    measured 13x slower than fp32 on a Zen 3 core.
+    """
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        return None
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # no oneDNN in this build: nothing to say
+        return None
+    if native:
+        return None
+    return ("bf16 autocast on this CPU is emulated (no AVX512-BF16/AMX kernels) and usually several times slower "
+            "than fp32: prefer --mixed-precision none here")
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the torchrun process group if launched by torchrun, else set up a single process.
 
