@@ -47,6 +47,7 @@ from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
     DistInfo,
     barrier,
+    cnn_channels_last_for_training,
     cpu_bf16_warning,
     get_rank,
     init_distributed,
@@ -576,6 +577,12 @@ def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str 
     # -- Tokenizer, loss (discriminator, LPIPS, teacher), EMA, and the weights of the checkpoint we start from:
     # the newest one of this run (resume), else --vq-ckpt (resume its state, or only its weights with --finetune).
     tokenizer = build_tokenizer(config).to(device)
+    channels_last = cnn_channels_last_for_training(config.model.init_args.cnn_channels_last, device)
+    if channels_last != tokenizer.cnn_channels_last:
+        tokenizer.set_cnn_channels_last(channels_last)  # before EMA and the optimizers copy the weights
+    if config.model.init_args.cnn_channels_last is None:
+        logger.info(f"CNN layout (model.init_args.cnn_channels_last: auto): "
+                    f"{'channels-last' if channels_last else 'NCHW'}")
     try:
         loss = TokenizerLoss(config.loss.params, t, teacher_grid_size=tokenizer.grid_size,
                              teacher_weights=t.teacher_weights, teacher_random_init=t.teacher_random_init,

@@ -209,3 +209,41 @@ def test_cnn_layout_follows_the_config_and_does_not_change_results(tmp_path, cha
         outs.append((out.recon.detach(), model.encoder.conv_in.weight.grad))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=5e-5)  # oneDNN: other kernels per layout
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-6)
+
+
+def test_cnn_layout_auto_is_channels_last_except_for_training_on_avx2_cpus(monkeypatch) -> None:
+    """`cnn_channels_last: null` (the default) resolves per device; explicit values always win."""
+    from gigatok.infra.dist import cnn_channels_last_for_training
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    for capability, expected in [("AVX2", False), ("AVX512", True), ("DEFAULT", True)]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert cnn_channels_last_for_training(None, cpu) is expected, capability
+        assert cnn_channels_last_for_training(None, cuda) is True
+        assert cnn_channels_last_for_training(True, cpu) is True and cnn_channels_last_for_training(False, cuda) is False
+    assert load_config(ROOT / "configs" / "vq" / "VQ_SS256.yaml").model.init_args.cnn_channels_last is None
+    assert build_tokenizer(load_config(DEBUG_1D, ["model.init_args.cnn_channels_last=null"])).cnn_channels_last
+
+
+def test_switching_the_cnn_layout_keeps_values_and_moves_every_cnn_weight() -> None:
+    torch.manual_seed(0)
+    tokenizer = tiny(DEBUG_1D).eval()
+    x = images(2, 32)
+    with torch.no_grad():
+        before = tokenizer(x).recon
+    state = {k: v.clone() for k, v in tokenizer.state_dict().items()}
+    tokenizer.set_cnn_channels_last(False)
+    assert not tokenizer.cnn_channels_last
+    convs = [m for part in (tokenizer.encoder, tokenizer.decoder) for m in part.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(m.weight.is_contiguous() and not m.weight.is_contiguous(memory_format=torch.channels_last)
+                         for m in convs)
+    for key, value in tokenizer.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    with torch.no_grad():
+        after = tokenizer(x).recon
+    assert after.is_contiguous()
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=5e-5)  # other oneDNN kernels per layout
+    tokenizer.set_cnn_channels_last(True)
+    assert tokenizer.cnn_channels_last and all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                                               for m in convs)

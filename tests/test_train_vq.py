@@ -204,6 +204,26 @@ def test_loss_flags_override_the_yaml_and_corrupt_images_are_counted(tmp_path, c
     assert ckpt["config"]["loss"]["params"]["disc_start"] == 1 and ckpt["extra"]["corrupt_images"] == 2
 
 
+def test_auto_cnn_layout_trains_nchw_on_avx2_cpus(photos, tmp_path, capsys, monkeypatch):
+    """`cnn_channels_last: null` (auto) picks NCHW for CPU training without AVX-512, and the saved config keeps
+    auto, so a resume on another machine picks again."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    layouts = []
+    original = torch.nn.Conv2d._conv_forward
+
+    def spy(self, x, weight, bias):
+        layouts.append(weight.is_contiguous(memory_format=torch.channels_last) and weight.shape[-1] > 1)
+        return original(self, x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", spy)
+    main(["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--sub-exp-dir",
+          "auto", "--iterations", "1", "--global-batch-size", "2", "--model.init_args.cnn_channels_last=null",
+          *TEST_FLAGS])
+    assert "CNN layout (model.init_args.cnn_channels_last: auto): NCHW" in capsys.readouterr().err
+    assert layouts and not any(layouts)  # no 3x3 conv ran channels-last
+    assert load_config(tmp_path / "auto" / "config.yaml").model.init_args.cnn_channels_last is None
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "no training data: pass --data-path"),
     (["--data-path", "/nonexistent/folder"], "does not exist"),

@@ -93,11 +93,11 @@ class _HybridTokenizer(nn.Module):
         self.grid_size = args.image_size // 2**levels
         self.codebook_size = args.codebook_size
         self.encoder = Encoder(args.cnn_ch, tuple(args.encoder_ch_mult), args.num_res_blocks, args.z_channels,
-                               args.dropout_p, channels_last=args.cnn_channels_last)
+                               args.dropout_p, channels_last=args.cnn_channels_last is not False)
         self._build_token_transformers(args)
         self.decoder = Decoder(args.cnn_ch, tuple(args.decoder_ch_mult), args.num_res_blocks, args.z_channels,
                                args.dropout_p, adaptive_gn=args.adaptive_gn, d2s_up=args.d2s_up,
-                               channels_last=args.cnn_channels_last)
+                               channels_last=args.cnn_channels_last is not False)
         self.apply(_init_weights)  # before the quantizer and the 1x1 convs, which keep their own init (official)
         self.quantize = VectorQuantizer(
             args.codebook_size, args.codebook_embed_dim, args.commit_loss_beta, args.entropy_loss_ratio,
@@ -189,9 +189,21 @@ class _HybridTokenizer(nn.Module):
             out.recon_direct = self.decoder(s)
         return out
 
+    @property
+    def cnn_channels_last(self) -> bool:
+        """The layout the CNN encoder and decoder run in (built channels-last unless cnn_channels_last is False)."""
+        return self.encoder.memory_format == torch.channels_last
+
+    def set_cnn_channels_last(self, channels_last: bool) -> None:
+        """Switch the CNN encoder and decoder layout: weights now, activations from the next forward on. Values are
+        unchanged; do it before an optimizer or EMA copies the weights, so that their state has the same layout."""
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.encoder.memory_format = self.decoder.memory_format = fmt
+        self.restore_memory_format()
+
     def restore_memory_format(self) -> None:
-        """Put the CNN weights back in their layout (channels-last unless cnn_channels_last is off) after adopting
-        checkpoint tensors with assign=True."""
+        """Put the CNN weights back in their layout (see `cnn_channels_last`) after adopting checkpoint tensors with
+        assign=True."""
         self.encoder.to(memory_format=self.encoder.memory_format)
         self.decoder.to(memory_format=self.decoder.memory_format)
 
