@@ -19,7 +19,7 @@
 #
 # --eval-env builds (or updates) a separate virtualenv for gigatok/eval/adm_tf_evaluator.py, the ADM evaluator on
 # TensorFlow (the official "tok_eval" environment), then prints the `export EVAL_PYTHON_PATH=...` line that makes
-# `python -m gigatok.evaluate` and the official-style scripts use it. Knobs:
+# `python -m gigatok.stages.evaluate` and the official-style scripts use it. Knobs:
 #   EVAL_ENV_DIR      default: .venv-tok_eval in the repo root
 #   EVAL_TF_SPEC      default "tensorflow-cpu"; e.g. "tensorflow[and-cuda]" or "tensorflow" for a GPU build
 #   EVAL_SCIPY_SPEC   default "scipy<1.18" (the evaluator's scipy.linalg.sqrtm calls; 1.18 changes its API)

@@ -21,10 +21,10 @@ fi
 
 # torchrun of the active python (the one that has torch), else whatever is on PATH.
 if [ -z "${TORCH_RUN_PATH:-}" ]; then
-  # torchrun behind gigatok.launch (same arguments; a failed worker is reported without torchrun's traceback).
+  # torchrun behind gigatok.infra.launch (same arguments; a failed worker is reported without torchrun's traceback).
   # Set TORCH_RUN_PATH to a torchrun binary to use it directly.
   _gigatok_python="$(command -v python 2>/dev/null || command -v python3 2>/dev/null || echo python)"
-  TORCH_RUN_PATH="$_gigatok_python -m gigatok.launch"
+  TORCH_RUN_PATH="$_gigatok_python -m gigatok.infra.launch"
   unset _gigatok_python
 fi
 export TORCH_RUN_PATH

@@ -8,7 +8,7 @@
 #   4. gFID of the GPT's samples      scripts/sample_c2i.sh        -> $EXP/samples/
 #   5. validation loss                scripts/val_loss_c2i.sh      -> $EXP/val_loss.json
 #   6. linear probe of the GPT        scripts/train_lin_probe_gpt.sh -> $EXP/lin_probe/lin_probe_acc.json
-#   7. one table                      python -m gigatok.ar_probe_report -> $EXP/ar_probe.md, $EXP/ar_probe.json
+#   7. one table                      python -m gigatok.stages.ar_probe_report -> $EXP/ar_probe.md, $EXP/ar_probe.json
 # Each stage skips itself when its output is complete; rerunning the script resumes the unfinished stage.
 # Example (official AR-probe recipe: tokenizer 100 epochs at batch 128, GPT-B 50 epochs at batch 256, lr 1e-4):
 #   IMGNET_ROOT=/data/imagenet TOK_CONFIG=configs/vq/VQ_SB256.yaml GT_NPZ_PATH=VIRTUAL_imagenet256_labeled.npz \
@@ -96,7 +96,7 @@ FRACT_DECAY=${FRACT_DECAY:-0.2}
 LM_ITER=${LM_ITER:-$(epoch_to_iter "${LM_EPOCH:-300}" "${LM_BSZ}")}
 LM_STOP_ITER=${LM_STOP_ITER:-$(epoch_to_iter "${LM_STOP_EPOCH:-50}" "${LM_BSZ}")}
 if [ "${LM_STOP_ITER}" -gt "${LM_ITER}" ]; then LM_STOP_ITER=${LM_ITER}; fi
-HOLD=$(awk -v n="${LM_ITER}" -v f="${FRACT_DECAY}" 'BEGIN { print n - int(f * n) }')  # as gigatok.train_c2i
+HOLD=$(awk -v n="${LM_ITER}" -v f="${FRACT_DECAY}" 'BEGIN { print n - int(f * n) }')  # as gigatok.stages.train_c2i
 if [ "${LM_STOP_ITER}" -le "${HOLD}" ]; then
     GPT_CKPT=${EXP}/gpt/checkpoints/$(printf %07d "${LM_STOP_ITER}").pt
 else
@@ -165,6 +165,6 @@ fi
 
 # 7. The table.
 stage "7/7 report: ${EXP}/ar_probe.md"
-PYTHONPATH="${REPO}${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m gigatok.ar_probe_report --exp-dir "${EXP}" \
+PYTHONPATH="${REPO}${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m gigatok.stages.ar_probe_report --exp-dir "${EXP}" \
     --name "${EXP_NAME}" --tok-ckpt "${VQ_CKPT}" --tok-config "${TOK_RUN_CONFIG}" --gpt-ckpt "${GPT_CKPT}" \
     --val-loss "${VAL_JSON}" --lin-probe "${LIN_JSON}" --gfid "${SAMPLE_DIR}" ${RFID:+--rfid "${RFID}"}

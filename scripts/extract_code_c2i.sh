@@ -7,7 +7,7 @@
 # official script set VQ_CKPT but passed the unset $VQ_CKPT_PATH; both names work here, VQ_CKPT wins), TOK_CONFIG,
 # BSZ, TEN_CROP=True, CROP_RANGE=1.1, RESUME=True, DEBUG=False (True: decode the first codes to PNGs), and the
 # torchrun ones: GPUS (or lowercase gpus), NNODES, NODE_RANK, MASTER_ADDR, PORT, TORCH_RUN_PATH.
-# Every argument is passed on to gigatok.extract_codes after those (the last occurrence of a flag wins).
+# Every argument is passed on to gigatok.stages.extract_codes after those (the last occurrence of a flag wins).
 # Without a GPU it runs on CPU (gloo backend), one process per "GPU".
 source "$(dirname "${BASH_SOURCE[0]}")/lib/torchrun_stage.sh"
 
@@ -22,4 +22,4 @@ if [ "${TEN_CROP:-True}" != "False" ]; then ARGS+=(--ten-crop --crop-range "${CR
 if [ "${RESUME:-True}" != "False" ]; then ARGS+=(--resume); fi
 if [ "${DEBUG:-False}" != "False" ]; then ARGS+=(--debug); fi
 
-run_stage gigatok.extract_codes "${ARGS[@]}" "$@"
+run_stage gigatok.stages.extract_codes "${ARGS[@]}" "$@"

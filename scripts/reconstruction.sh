@@ -2,7 +2,7 @@
 # Reconstruct images with a GigaTok tokenizer through torchrun (official scripts/reconstruction.sh).
 # Environment knobs (official names): GPUS (or lowercase gpus, as in the README), NNODES, NODE_RANK,
 # MASTER_ADDR, PORT, TORCH_RUN_PATH, EVAL_PYTHON_PATH (default of --eval-python-path). Every argument is passed to
-# gigatok.reconstruct. Qualitative demo (PNGs of the inputs and reconstructions, grid.png):
+# gigatok.stages.reconstruct. Qualitative demo (PNGs of the inputs and reconstructions, grid.png):
 #   gpus=1 bash scripts/reconstruction.sh --quant-way vq --data-path tests/ --image-size 256 \
 #       --sample-dir results/reconstructions/vq --vq-ckpt VQ_SS256_e100.pt --model-config configs/vq/VQ_SS256.yaml \
 #       --qualitative --lpips
@@ -16,4 +16,4 @@
 # Without a GPU it runs on CPU (gloo backend), one process per "GPU".
 source "$(dirname "${BASH_SOURCE[0]}")/lib/torchrun_stage.sh"
 
-run_stage gigatok.reconstruct "$@"
+run_stage gigatok.stages.reconstruct "$@"

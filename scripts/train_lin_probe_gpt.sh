@@ -6,8 +6,8 @@
 #       --batch-size 128 --mixed-precision fp16 --num-code 256 --ckpt-epoch 5
 # then (optional: training already ends with it) --eval --lin-probe-ckpt results/lin_probe_gpt/<exp>/checkpoints/0089.pt
 # Environment knobs (official names): GPUS (or lowercase gpus), NNODES, NODE_RANK, MASTER_ADDR, PORT,
-# TORCH_RUN_PATH. Every argument is passed to gigatok.lin_probe_gpt; rerunning the same command resumes.
+# TORCH_RUN_PATH. Every argument is passed to gigatok.stages.lin_probe_gpt; rerunning the same command resumes.
 # Without a GPU it runs on CPU (gloo backend), one process per "GPU".
 source "$(dirname "${BASH_SOURCE[0]}")/lib/torchrun_stage.sh"
 
-run_stage gigatok.lin_probe_gpt "$@"
+run_stage gigatok.stages.lin_probe_gpt "$@"

@@ -8,4 +8,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib/torchrun_stage.sh"
 
 # --data-parallel fsdp comes first, so an explicit --data-parallel in "$@" still wins.
-run_stage gigatok.train_vq --data-parallel fsdp "$@"
+run_stage gigatok.stages.train_vq --data-parallel fsdp "$@"

@@ -1,4 +1,4 @@
-"""AR probing: the report (`gigatok.ar_probe_report`) and the whole pipeline (`scripts/ar_probe.sh`) on CPU.
+"""AR probing: the report (`gigatok.stages.ar_probe_report`) and the whole pipeline (`scripts/ar_probe.sh`) on CPU.
 
 The pipeline test trains the VQ_debug tokenizer for 2 steps on a tiny 2-class ImageFolder, extracts its codes,
 trains a debug GPT for 6 of 10 WSD steps, samples 8 images for gFID (reference: the val images), computes the
@@ -22,7 +22,7 @@ from conftest import expect_exit_2
 from PIL import Image
 from test_linear_probe import make_colour_folders
 
-from gigatok.ar_probe_report import main as report_main
+from gigatok.stages.ar_probe_report import main as report_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import expect_exit_2
 
-from gigatok import demo
-from gigatok.demo import Stage, StageRunner, main
+from gigatok.stages import demo
+from gigatok.stages.demo import Stage, StageRunner, main
 
 QUICK = ["--vq-steps", "4", "--gpt-steps", "4", "--num-samples", "20", "--classifier-epochs", "1",
          "--eval-limit", "20", "--threads", "1"]

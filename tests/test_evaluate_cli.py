@@ -1,4 +1,4 @@
-"""The ADM evaluator end to end: gigatok.eval.adm.evaluate_npz, result files, the CLI (python -m gigatok.evaluate),
+"""The ADM evaluator end to end: gigatok.eval.adm.evaluate_npz, result files, the CLI (python -m gigatok.stages.evaluate),
 the EVAL_PYTHON_PATH subprocess path and the standalone TF evaluator script.
 
 Most tests replace the Inception network with a fake feature extractor (a fixed random projection of the pixels),
@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import expect_exit_2
 
-from gigatok import evaluate
+from gigatok.stages import evaluate
 from gigatok.eval import adm
 from gigatok.eval.adm import (
     RESULT_KEYS,

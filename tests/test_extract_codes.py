@@ -1,4 +1,4 @@
-"""Code extraction (`gigatok.extract_codes`) and the code datasets (`gigatok.data.codes`) on CPU.
+"""Code extraction (`gigatok.stages.extract_codes`) and the code datasets (`gigatok.data.codes`) on CPU.
 
 Images: sklearn's 8x8 digits, colourised and upsampled to 36 px, in ImageFolder class folders (labels = digits).
 Tokenizer: the tiny VQ_debug config (32 px, 64 codes, codebook 1024) with random weights saved in the official
@@ -32,7 +32,7 @@ from gigatok.data.codes import (
     read_meta,
 )
 from gigatok.data.transforms import center_crop_arr, to_tensor_normalized
-from gigatok.extract_codes import main
+from gigatok.stages.extract_codes import main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from gigatok.builders_gpt import build_gpt
+from gigatok.builders import build_gpt
 from gigatok.gpt.generate import (
     CFG_SCHEDULES,
     cfg_at,

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gigatok.builders_gpt import build_gpt, load_gpt
+from gigatok.builders import build_gpt, load_gpt
 from gigatok.gpt.config import POS_TYPES
 from gigatok.infra.checkpoint import CheckpointError, save_checkpoint_atomic
 
@@ -151,8 +151,8 @@ def test_load_gpt_is_strict_and_names_keys():
 
 
 def test_export_gpt_safetensors_round_trip(tmp_path):
-    from gigatok import export
-    from gigatok.builders_gpt import load_gpt_export
+    from gigatok.stages import export
+    from gigatok.builders import load_gpt_export
 
     gpt = build_gpt("debug", vocab_size=64, block_size=16, num_classes=10)
     ema = build_gpt("debug", vocab_size=64, block_size=16, num_classes=10)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gigatok.builders_gpt import build_gpt, load_gpt
+from gigatok.builders import build_gpt, load_gpt
 from gigatok.gpt.generate import cfg_schedule_values, generate
 from gigatok.gpt.model import GPT
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gigatok.builders_gpt import build_gpt, build_gpt_config
+from gigatok.builders import build_gpt, build_gpt_config
 from gigatok.gpt.model import GPT_MODELS
 
 KEYS = Path(__file__).parent / "assets" / "keys"

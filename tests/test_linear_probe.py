@@ -1,4 +1,4 @@
-"""Linear probing (`gigatok.eval.linear_probe`, `gigatok.lin_probe_gpt`, `gigatok.lin_probe`) on CPU.
+"""Linear probing (`gigatok.engine.linear_probe`, `gigatok.stages.lin_probe_gpt`, `gigatok.stages.lin_probe`) on CPU.
 
 Images: a tiny ImageFolder pair (2 colour classes, 36 px) under tmp_path. Models: the VQ_debug tokenizer (32 px,
 64 codes, codebook 1024) and a debug GPT, both with random weights saved in our checkpoint layouts.
@@ -24,9 +24,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from gigatok.builders import build_tokenizer
-from gigatok.builders_gpt import build_gpt_config
+from gigatok.builders import build_gpt_config
 from gigatok.config import load_config
-from gigatok.eval.linear_probe import (
+from gigatok.engine.linear_probe import (
     LARS,
     LinearProbe,
     ProbeSchedule,
@@ -37,9 +37,9 @@ from gigatok.eval.linear_probe import (
 )
 from gigatok.gpt.model import GPT
 from gigatok.infra.checkpoint import read_checkpoint
-from gigatok.lin_probe import main as tok_probe_main
-from gigatok.lin_probe_gpt import gpt_features_fn, load_frozen_gpt
-from gigatok.lin_probe_gpt import main as gpt_probe_main
+from gigatok.stages.lin_probe import main as tok_probe_main
+from gigatok.stages.lin_probe_gpt import gpt_features_fn, load_frozen_gpt
+from gigatok.stages.lin_probe_gpt import main as gpt_probe_main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gigatok.config import VQConfig, _all_keys
+from gigatok.stages import STAGES, module_of
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -40,7 +41,7 @@ def command_lines(block: str) -> list[str]:
 def inline_commands(text: str) -> list[str]:
     """Inline `code spans` that are commands (`python -m gigatok...`, `bash scripts/...`)."""
     spans = re.findall(r"`([^`\n]+)`", text)
-    return [s for s in spans if re.match(r"(\S*python3? -m gigatok\.|bash (scripts/|env_install))", s)]
+    return [s for s in spans if re.match(r"(\S*python3? -m gigatok[. ]|gigatok |bash (scripts/|env_install))", s)]
 
 
 def split_commands(line: str) -> list[list[str]]:
@@ -67,8 +68,14 @@ def target_of(command: list[str]) -> tuple[str, str, list[str]] | None:
         return "script", command[1], command[2:]
     is_python = command[0].endswith(("python", "python3")) and command[1:2] == ["-m"]
     if is_python and len(command) > 2 and command[2].startswith("gigatok"):
-        return "module", command[2], command[3:]
-    return None
+        command = command[2:]
+    elif not command[0].endswith("gigatok"):
+        return None
+    if command[0].endswith("gigatok"):  # `gigatok <stage> ...` / `python -m gigatok <stage> ...`
+        if len(command) < 2 or command[1] not in STAGES:
+            return "module", f"{command[0]} {command[1:2]}", []  # reported as a missing module
+        return "module", module_of(command[1]), command[2:]
+    return "module", command[0], command[1:]
 
 
 def flags(args: list[str]) -> list[str]:
@@ -154,7 +161,7 @@ def test_every_readme_command_exists_and_accepts_its_flags():
             else:
                 problems += check_flags(line, module, args)
         else:
-            if importlib.util.find_spec(name) is None:
+            if " " in name or importlib.util.find_spec(name) is None:
                 problems.append(f"{line}: no module {name}")
                 continue
             problems += check_flags(line, name, args)
@@ -165,8 +172,12 @@ def test_every_readme_command_exists_and_accepts_its_flags():
 
 def test_checker_catches_a_bad_flag_and_a_missing_script():
     # The checker itself must be able to fail.
-    assert check_flags("x", "gigatok.reconstruct", ["--no-such-flag"])
-    assert check_flags("x", "gigatok.reconstruct", ["--data-path", "d", "--trainer.lr=1"]) == []
-    assert check_flags("x", "gigatok.reconstruct", ["--trainer.no_such_field=1"])
+    assert check_flags("x", "gigatok.stages.reconstruct", ["--no-such-flag"])
+    assert check_flags("x", "gigatok.stages.reconstruct", ["--data-path", "d", "--trainer.lr=1"]) == []
+    assert check_flags("x", "gigatok.stages.reconstruct", ["--trainer.no_such_field=1"])
     assert target_of(["gpus=1", "bash", "scripts/nope.sh"]) == ("script", "scripts/nope.sh", [])
     assert not (ROOT / "scripts/nope.sh").exists()
+    assert target_of(["python", "-m", "gigatok", "train_vq", "--iterations", "1"]) == (
+        "module", "gigatok.stages.train_vq", ["--iterations", "1"])
+    assert target_of(["gigatok", "bench", "gpt"]) == ("module", "gigatok.bench", ["gpt"])
+    assert " " in target_of(["gigatok", "no_such_stage"])[1]  # reported as a missing module

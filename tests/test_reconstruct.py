@@ -1,4 +1,4 @@
-"""End to end: `gigatok.reconstruct --qualitative` on CPU with the tiny config and an official-format checkpoint."""
+"""End to end: `gigatok.stages.reconstruct --qualitative` on CPU with the tiny config and an official-format checkpoint."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,7 @@ from PIL import Image
 from gigatok.builders import build_tokenizer, load_tokenizer
 from gigatok.config import load_config
 from gigatok.data.transforms import center_crop_arr, to_tensor_normalized, to_uint8
-from gigatok.reconstruct import main
+from gigatok.stages.reconstruct import main
 from gigatok.tokenizer.perceptual import RANDOM_BACKBONE_ENV, VGG16_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""`gigatok.reconstruct` without --qualitative: PSNR/SSIM/LPIPS/codebook usage/rFID on CPU with the tiny tokenizer,
+"""`gigatok.stages.reconstruct` without --qualitative: PSNR/SSIM/LPIPS/codebook usage/rFID on CPU with the tiny tokenizer,
 in one process and with 2 gloo ranks, resumed, merged and with --clear-cache."""
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from gigatok.builders import build_tokenizer, load_tokenizer
 from gigatok.config import load_config
 from gigatok.data.transforms import center_crop_arr, to_tensor_normalized
 from gigatok.eval.recon_metrics import ReconRecords
-from gigatok.reconstruct import main
+from gigatok.stages.reconstruct import main
 from gigatok.tokenizer.perceptual import LPIPS, RANDOM_BACKBONE_ENV, VGG16_FILENAME
-from gigatok.val_reference import main as build_reference
+from gigatok.stages.val_reference import main as build_reference
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

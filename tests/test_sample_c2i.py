@@ -1,4 +1,4 @@
-"""End to end: `gigatok.sample_c2i_visualization` on CPU with the tiny tokenizer and a debug GPT, both saved in the
+"""End to end: `gigatok.stages.sample_c2i_visualization` on CPU with the tiny tokenizer and a debug GPT, both saved in the
 official checkpoint format."""
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from conftest import expect_exit_2
 from PIL import Image
 
 from gigatok.builders import build_tokenizer
-from gigatok.builders_gpt import build_gpt
+from gigatok.builders import build_gpt
 from gigatok.config import load_config
-from gigatok.sample_c2i_visualization import main
+from gigatok.stages.sample_c2i_visualization import main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from gigatok import export
+from gigatok.stages import export
 from gigatok.builders import build_tokenizer, load_tokenizer
 from gigatok.config import ConfigError, load_config
 from gigatok.infra.checkpoint import CheckpointError

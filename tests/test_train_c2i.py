@@ -1,4 +1,4 @@
-"""AR training (`gigatok.train_c2i`) and validation loss (`gigatok.val_loss_c2i`) on CPU with a debug GPT.
+"""AR training (`gigatok.stages.train_c2i`) and validation loss (`gigatok.stages.val_loss_c2i`) on CPU with a debug GPT.
 
 Codes: sklearn digits (labels = digits) extracted with the tiny VQ_debug tokenizer (random weights, 64 codes,
 codebook 1024), ten crops per image.
@@ -20,13 +20,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gigatok.builders_gpt import load_gpt
+from gigatok.builders import load_gpt
 from gigatok.data.codes import CodeDataset
-from gigatok.extract_codes import main as extract_main
+from gigatok.stages.extract_codes import main as extract_main
 from gigatok.infra.checkpoint import read_checkpoint
 from gigatok.infra.dist import cpu_bf16_warning
-from gigatok.train_c2i import main as train_main
-from gigatok.val_loss_c2i import main as val_main
+from gigatok.stages.train_c2i import main as train_main
+from gigatok.stages.val_loss_c2i import main as val_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_extract_codes import CONFIG, make_digit_folder, save_official_tokenizer  # noqa: E402
@@ -173,7 +173,7 @@ def test_resume_after_sigkill_continues_exactly(codes, tmp_path):
     train_main(_argv(codes, tmp_path, "reference", *args))
     reference = _metrics(tmp_path / "reference")
 
-    command = [sys.executable, "-m", "gigatok.train_c2i", *_argv(codes, tmp_path, "killed", *args)]
+    command = [sys.executable, "-m", "gigatok.stages.train_c2i", *_argv(codes, tmp_path, "killed", *args)]
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "killed" / "checkpoints" / "0000010.pt"
     deadline = time.time() + 120

@@ -1,4 +1,4 @@
-"""Tokenizer training (`gigatok.train_vq`) end to end on CPU with the tiny configs and small real images.
+"""Tokenizer training (`gigatok.stages.train_vq`) end to end on CPU with the tiny configs and small real images.
 
 Real photos come from `skimage.data` (public domain / CC0) and digits from `sklearn.datasets.load_digits`, written
 as small files into tmp folders. LPIPS uses the random VGG backbone and the semantic teacher a random DINOv2-S
@@ -27,7 +27,7 @@ from gigatok.builders import load_tokenizer
 from gigatok.config import load_config
 from gigatok.data.train_images import TrainImageDataset
 from gigatok.infra.run_state import list_checkpoints, load_training_checkpoint
-from gigatok.train_vq import main
+from gigatok.stages.train_vq import main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
@@ -110,12 +110,12 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gigatok.train_vq", *args]
+    return [sys.executable, "-m", "gigatok.stages.train_vq", *args]
 
 
 def launcher(script: str, nproc: int, *args: str, log: Path) -> None:
     """Run scripts/<script> with `gpus=nproc` CPU processes (gloo); fail with the log on a non-zero exit."""
-    env = subprocess_env(gpus=str(nproc), PORT=str(free_port()), TORCH_RUN_PATH=f"{sys.executable} -m gigatok.launch")
+    env = subprocess_env(gpus=str(nproc), PORT=str(free_port()), TORCH_RUN_PATH=f"{sys.executable} -m gigatok.infra.launch")
     with open(log, "w") as out:
         code = subprocess.run(["bash", str(REPO / "scripts" / script), *args], env=env, cwd=REPO, stdout=out,
                               stderr=subprocess.STDOUT, timeout=300).returncode

@@ -1,4 +1,4 @@
-"""`gigatok.val_reference` / scripts/val.sh: the shuffled rFID reference npz built from center-cropped images."""
+"""`gigatok.stages.val_reference` / scripts/val.sh: the shuffled rFID reference npz built from center-cropped images."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from conftest import expect_exit_2
 from PIL import Image
 
 from gigatok.data.transforms import center_crop_arr
-from gigatok.val_reference import main
+from gigatok.stages.val_reference import main
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "tests" / "gt_qualitative"

@@ -1,6 +1,6 @@
 """Pre-extracted tokenizer codes for AR training: the views written at extraction and the datasets that read them.
 
-Our layout (written by `gigatok.extract_codes`), one folder:
+Our layout (written by `gigatok.stages.extract_codes`), one folder:
 
     meta.json                   what the codes are (below); written last, so its presence means "complete"
     codes_{shard:05d}.npy       (n, A, L) int16 (int32 when K > 32768): A augmented views x L codes per image
@@ -344,7 +344,7 @@ class CodeDataset(Dataset):
         self.code_path, self.seed, self.view, self.epoch = Path(code_path), seed, view, 0
         if not self.code_path.is_dir():
             raise CodesError(f"code path not found: '{code_path}'. Extract codes first with "
-                             "scripts/extract_code_c2i.sh (or python -m gigatok.extract_codes).")
+                             "scripts/extract_code_c2i.sh (or python -m gigatok.stages.extract_codes).")
         meta = read_meta(self.code_path)
         self.sources: list[_ShardSource | _OfficialSource] = []
         if meta is not None:

@@ -1,6 +1,6 @@
 """Small helpers for run reports: metrics.jsonl reading, matplotlib curves, image grids and Markdown tables.
 
-Used by the CPU demo (`gigatok.demo`) to turn the stages' outputs into PNGs and `report.md`. matplotlib is
+Used by the CPU demo (`gigatok.stages.demo`) to turn the stages' outputs into PNGs and `report.md`. matplotlib is
 imported lazily with the non-interactive Agg backend (no display needed). Images are `images_uint8` arrays
 (n, H, W, 3) uint8 throughout.
 """

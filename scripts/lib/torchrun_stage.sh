@@ -2,7 +2,7 @@
 # local GPU (or one CPU process with gloo when there is none) through torchrun.
 # Environment knobs (official names): gpus (per command, as in the official README) or GPUS (exported by
 # set_env_vars.sh), NNODES, NODE_RANK, MASTER_ADDR, PORT, TORCH_RUN_PATH (default: torchrun behind
-# gigatok.launch, which reports a failed worker without torchrun's own traceback).
+# gigatok.infra.launch, which reports a failed worker without torchrun's own traceback).
 
 run_stage() {
     local module=$1
@@ -14,7 +14,7 @@ run_stage() {
     MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
     PORT=${PORT:-55565}
     if [ -z "${TORCH_RUN_PATH:-}" ]; then
-        TORCH_RUN_PATH="$(command -v python || command -v python3) -m gigatok.launch"
+        TORCH_RUN_PATH="$(command -v python || command -v python3) -m gigatok.infra.launch"
     fi
     export TOKENIZERS_PARALLELISM=true
     # Make the package importable from any working directory (paths in the arguments stay relative to it).

@@ -1,9 +1,9 @@
 """What the class-conditional samplers share: flags, flag checks, model loading, one batch of images, chunk files.
 
-Used by the entry points `gigatok.sample_c2i_visualization` (class grids) and `gigatok.sample_c2i` (FID samples);
+Used by the entry points `gigatok.stages.sample_c2i_visualization` (class grids) and `gigatok.stages.sample_c2i` (FID samples);
 entry points never import each other, so everything both need lives here (level 2, next to gigatok.builders).
 
-Chunks (gigatok.sample_c2i): the N samples are cut into fixed chunks of consecutive global sample indices, each
+Chunks (gigatok.stages.sample_c2i): the N samples are cut into fixed chunks of consecutive global sample indices, each
 sampled by one `generate()` call from its own generator seeded by (global seed, first index). A chunk's images
 therefore depend neither on the number of ranks nor on interruptions; every finished chunk is one `.npz` file
 written atomically (`chunk_000123.npz`: arr_0 (n, H, W, 3) uint8, arr_1 (n,) int64 labels), so a restarted job
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from gigatok.builders import load_tokenizer
-from gigatok.builders_gpt import (
+from gigatok.builders import (
     build_gpt,
     build_gpt_config,
     load_gpt,
@@ -276,7 +276,7 @@ def append_csv_row(path: Path, row: dict[str, Any], columns: list[str]) -> None:
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
-# ---- FID sampling plan and chunk files (gigatok.sample_c2i) ----
+# ---- FID sampling plan and chunk files (gigatok.stages.sample_c2i) ----
 
 def uniform_class_labels(num_samples: int, num_classes: int) -> np.ndarray:
     """Class of every global sample index: each class num_samples // num_classes times, interleaved.

@@ -24,7 +24,7 @@ reconstruction npz with --gt-npz-path, the reference `scripts/val.sh` builds fro
 clears all of --sample-dir, we spare other runs and the reference); --merge only re-prints the results of a finished
 run. Rank 0 reads the PNGs and records of every rank, so multi-node runs need a shared file system (as officially).
 
-Run it with torchrun (scripts/reconstruction.sh) or as a single process (`python -m gigatok.reconstruct ...`);
+Run it with torchrun (scripts/reconstruction.sh) or as a single process (`python -m gigatok.stages.reconstruct ...`);
 each rank reconstructs a strided shard of the images.
 """
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Export a tokenizer or GPT checkpoint as weights-only safetensors plus its resolved config, for sharing.
 
-    python -m gigatok.export --vq-ckpt VQ_SS256_e100.pt --model-config configs/vq/VQ_SS256.yaml --out-dir exports/SS256
-    python -m gigatok.export --gpt-ckpt GPT_B256_e300_VQ_SS.pt --gpt-model GPT-B --out-dir exports/GPT-B_SS
+    python -m gigatok.stages.export --vq-ckpt VQ_SS256_e100.pt --model-config configs/vq/VQ_SS256.yaml --out-dir exports/SS256
+    python -m gigatok.stages.export --gpt-ckpt GPT_B256_e300_VQ_SS.pt --gpt-model GPT-B --out-dir exports/GPT-B_SS
 
 writes `model.safetensors` (no pickle, loads anywhere) and `config.yaml` (the resolved config). Load them back with
 `gigatok.builders.load_tokenizer("exports/SS256/model.safetensors", "exports/SS256/config.yaml")` or
-`gigatok.builders_gpt.load_gpt_export("exports/GPT-B_SS")`. The weights are loaded into the model first, so a
+`gigatok.builders.load_gpt_export("exports/GPT-B_SS")`. The weights are loaded into the model first, so a
 checkpoint that does not match the config is rejected here. Training checkpoints export their "ema" weights when
 they have them (`--no-ema` for the raw ones).
 """
@@ -58,7 +58,7 @@ def export_gpt(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from gigatok.builders_gpt import load_gpt
+    from gigatok.builders import load_gpt
     from gigatok.infra.checkpoint import read_checkpoint
 
     pos_type = "rope_2d" if args.gpt_2d else "rope_1d" if args.rope else "learned_1d"

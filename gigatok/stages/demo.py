@@ -9,20 +9,20 @@ torch and the entry points' modules once (`gigatok.infra.warm_start`; `--no-warm
   stage          runs                                what
   data           (in-process)                        digits -> ImageFolder trees (train / held-out), photos
   eval_subset    (in-process)                        with --eval-limit: a class-balanced held-out subset
-  tokenizer      gigatok.train_vq                    the 2D tokenizer, trained on the training digits
-  reference      gigatok.val_reference               held-out digits -> FID reference npz (for the samples' FID)
-  recon_heldout  gigatok.reconstruct --qualitative   held-out reconstructions (PSNR, SSIM computed here)
-  codes_heldout  gigatok.extract_codes               held-out codes (codebook usage)
-  recon_photos   gigatok.reconstruct --qualitative   the photos, at 32 px (--interpolate-pos-embed)
-  codes          gigatok.extract_codes               codes of the training digits (and of their mirror images)
-  gpt            gigatok.train_c2i                   class-conditional GPT on those codes
-  grids          gigatok.sample_c2i_visualization    per-class sample grids
-  samples        gigatok.sample_c2i                  uniform-class samples + FID against the held-out digits
+  tokenizer      gigatok.stages.train_vq                    the 2D tokenizer, trained on the training digits
+  reference      gigatok.stages.val_reference               held-out digits -> FID reference npz (for the samples' FID)
+  recon_heldout  gigatok.stages.reconstruct --qualitative   held-out reconstructions (PSNR, SSIM computed here)
+  codes_heldout  gigatok.stages.extract_codes               held-out codes (codebook usage)
+  recon_photos   gigatok.stages.reconstruct --qualitative   the photos, at 32 px (--interpolate-pos-embed)
+  codes          gigatok.stages.extract_codes               codes of the training digits (and of their mirror images)
+  gpt            gigatok.stages.train_c2i                   class-conditional GPT on those codes
+  grids          gigatok.stages.sample_c2i_visualization    per-class sample grids
+  samples        gigatok.stages.sample_c2i                  uniform-class samples + FID against the held-out digits
   classifier     (in-process)                        a CNN trained on the real training digits, the judge of the
                                                      samples' class agreement (gigatok.eval.digit_classifier)
 then metrics.json, figures and report.md in --out (default results/demo/).
 
-With --rfid the held-out reconstruction runs in `gigatok.reconstruct`'s quantitative mode instead (PSNR, SSIM,
+With --rfid the held-out reconstruction runs in `gigatok.stages.reconstruct`'s quantitative mode instead (PSNR, SSIM,
 codebook usage and rFID against `reference`, no `codes_heldout`): one more Inception pass over the held-out digits,
 left out by default to keep the demo within minutes. Without Inception weights there is no FID: `reference` is
 skipped.
@@ -54,7 +54,7 @@ from gigatok.config import load_config, to_dict
 from gigatok.infra import warm_start
 from gigatok.infra.cli import run_stage
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER_CONFIG = REPO_ROOT / "configs" / "vq" / "VQ_demo.yaml"
 IMAGE_SIZE = load_config(TOKENIZER_CONFIG).model.init_args.image_size  # the digits are rendered at this size
 PHOTO_SIZE = 32  # photos are reconstructed at 32 px with resized positional tables (--interpolate-pos-embed)
@@ -312,7 +312,7 @@ def input_stages(plan: Plan) -> list[Stage]:
     stages.append(Stage(
         "tokenizer", f"train the tokenizer ({steps} steps)", lambda: _exists(Path(plan.vq_ckpt)),
         [paths.runs / "tokenizer"], ["data"], [
-            "gigatok.train_vq", "--model-config", CONFIG, "--data-path", str(data.train), "--save-path",
+            "gigatok.stages.train_vq", "--model-config", CONFIG, "--data-path", str(data.train), "--save-path",
             str(paths.runs), "--sub-exp-dir", "tokenizer", "--iterations", str(steps), "--global-batch-size",
             str(args.vq_batch_size), "--warmup", str(min(50, steps // 10)), "--log-every", str(max(steps // 50, 1)),
             "--ckpt-every", str(max(steps // 4, 1)), "--mixed-precision", "none", "--no-wandb", "--num-workers", "0",
@@ -322,20 +322,20 @@ def input_stages(plan: Plan) -> list[Stage]:
 
 
 def reconstruction_stages(plan: Plan) -> list[Stage]:
-    """Held-out digits (metrics) and photos (qualitative) through `gigatok.reconstruct`."""
+    """Held-out digits (metrics) and photos (qualitative) through `gigatok.stages.reconstruct`."""
     paths, heldout, out = plan.paths, str(plan.heldout), plan.paths.recon / "heldout"
     common = ["--model-config", CONFIG, "--vq-ckpt", plan.vq_ckpt, "--num-workers", "0", "--per-proc-batch-size",
               "64", *CPU]
     reference = Stage("reference", "held-out digits -> FID reference npz", lambda: _exists(plan.ref_npz),
                       [paths.reference], plan.heldout_deps, [
-                          "gigatok.val_reference", "--data-path", heldout, "--image-size", str(IMAGE_SIZE),
+                          "gigatok.stages.val_reference", "--data-path", heldout, "--image-size", str(IMAGE_SIZE),
                           "--sample-dir", str(paths.reference), "--num-workers", "0"])
     if plan.use_rfid:
         stages = [
             reference,
             Stage("recon_heldout", "reconstruct the held-out digits: PSNR, SSIM, codebook usage, rFID",
                   lambda: first_match(out, "*_results.json"), [out], ["tokenizer", "reference"], [
-                      "gigatok.reconstruct", "--data-path", heldout, "--image-size", str(IMAGE_SIZE),
+                      "gigatok.stages.reconstruct", "--data-path", heldout, "--image-size", str(IMAGE_SIZE),
                       "--sample-dir", str(out), "--gt-npz-path", str(plan.ref_npz), "--no-lpips", *EVAL_FLAGS,
                       *common]),
         ]
@@ -344,12 +344,12 @@ def reconstruction_stages(plan: Plan) -> list[Stage]:
             *([reference] if plan.use_fid else []),  # for the samples' FID
             Stage("recon_heldout", "reconstruct the held-out digits (PSNR, SSIM; rFID with --rfid)",
                   lambda: first_match(out, "*/grid.png"), [out], ["tokenizer", *plan.heldout_deps], [
-                      "gigatok.reconstruct", "--qualitative", "--data-path", heldout, "--image-size",
+                      "gigatok.stages.reconstruct", "--qualitative", "--data-path", heldout, "--image-size",
                       str(IMAGE_SIZE), "--sample-dir", str(out), *common]),
             Stage("codes_heldout", "codes of the held-out digits (codebook usage)",
                   lambda: _exists(paths.codes / "heldout" / "meta.json"), [paths.codes / "heldout"],
                   ["tokenizer", *plan.heldout_deps], [
-                      "gigatok.extract_codes", "--data-path", heldout, "--code-path", str(paths.codes / "heldout"),
+                      "gigatok.stages.extract_codes", "--data-path", heldout, "--code-path", str(paths.codes / "heldout"),
                       "--model-config", CONFIG, "--vq-ckpt", plan.vq_ckpt, "--batch-size", "64", "--num-workers",
                       "0", "--resume", *CPU]),
         ]
@@ -357,7 +357,7 @@ def reconstruction_stages(plan: Plan) -> list[Stage]:
     stages.append(Stage(
         "recon_photos", f"reconstruct the photos at {PHOTO_SIZE} px", lambda: first_match(photos, "*/grid.png"),
         [photos], ["tokenizer"], [
-            "gigatok.reconstruct", "--qualitative", "--data-path", str(plan.data.photos), "--image-size",
+            "gigatok.stages.reconstruct", "--qualitative", "--data-path", str(plan.data.photos), "--image-size",
             str(PHOTO_SIZE), "--interpolate-pos-embed", "--sample-dir", str(photos), *common]))
     return stages
 
@@ -373,23 +373,23 @@ def generation_stages(plan: Plan) -> list[Stage]:
     return [
         Stage("codes", "extract the codes of the training digits", lambda: _exists(codes / "meta.json"), [codes],
               ["tokenizer"], [
-                  "gigatok.extract_codes", "--data-path", str(data.train), "--code-path", str(codes),
+                  "gigatok.stages.extract_codes", "--data-path", str(data.train), "--code-path", str(codes),
                   "--model-config", CONFIG, "--vq-ckpt", plan.vq_ckpt, "--batch-size", "64", "--num-workers", "0",
                   "--resume", *CPU]),
         Stage("gpt", f"train the class-conditional GPT ({steps} steps)", lambda: _exists(gpt_ckpt),
               [paths.runs / "gpt"], ["codes"], [
-                  "gigatok.train_c2i", "--code-path", str(codes), "--gpt-model", GPT_MODEL, "--gpt-2d",
+                  "gigatok.stages.train_c2i", "--code-path", str(codes), "--gpt-model", GPT_MODEL, "--gpt-2d",
                   "--save-path", str(paths.runs), "--sub-exp-dir", "gpt", "--iterations", str(steps),
                   "--global-batch-size", str(args.gpt_batch_size), "--lr", str(args.gpt_lr), "--lr-scheduler",
                   "cosine", "--end-lr", str(GPT_END_LR), "--log-every",
                   str(max(steps // 50, 1)), "--ckpt-every", str(max(steps // 4, 1)), "--mixed-precision", "none",
                   "--no-wandb", "--num-workers", "0", "--tok-config", CONFIG, "--vq-ckpt", plan.vq_ckpt, *CPU]),
         Stage("grids", "per-class sample grids", lambda: _exists(grids / "samples.npz"), [grids], ["gpt"], [
-            "gigatok.sample_c2i_visualization", *sampler, "--class-idx", ",".join(map(str, range(NUM_CLASSES))),
+            "gigatok.stages.sample_c2i_visualization", *sampler, "--class-idx", ",".join(map(str, range(NUM_CLASSES))),
             "--qual-num", str(12 * NUM_CLASSES), "--per-proc-batch-size", "12", "--sample-dir", str(grids)]),
         Stage("samples", f"{args.num_samples} uniform-class samples" + (" + FID" if plan.use_fid else ""),
               lambda: sample_batch(fid, plan.use_fid), [fid], ["gpt"] + (["reference"] if plan.use_fid else []), [
-                  "gigatok.sample_c2i", *sampler, "--num-fid-samples", str(args.num_samples),
+                  "gigatok.stages.sample_c2i", *sampler, "--num-fid-samples", str(args.num_samples),
                   "--per-proc-batch-size", "50", "--sample-dir", str(fid),
                   *(["--gt-npz-path", str(plan.ref_npz), *EVAL_FLAGS] if plan.use_fid else ["--no-eval"])]),
         Stage("classifier", "train the digit classifier on the real training digits",
@@ -554,7 +554,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the FID reference (default: all; tests pass a few to stay fast)")
     p.add_argument("--no-fid", action="store_true", help="skip FID even when the Inception weights are present")
     p.add_argument("--rfid", action="store_true",
-                   help="also the held-out rFID (the quantitative gigatok.reconstruct run: one more Inception pass, "
+                   help="also the held-out rFID (the quantitative gigatok.stages.reconstruct run: one more Inception pass, "
                         "about 40 s on 2 cores)")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the stages (default: torch's)")
     p.add_argument("--no-warm-start", action="store_true",
@@ -620,7 +620,7 @@ def write_report(plan: Plan, stages: list[Stage], records: dict[str, dict[str, A
         "sampling": f"cfg scale {args.cfg_scale}, temperature {args.temperature}, {args.num_samples} samples",
         "classifier": f"{args.classifier_epochs} epoch(s) on the training digits (horizontal flips included: the GPT "
                       "learns from the codes of every digit and of its mirror image, as officially)",
-        "command": "`python -m gigatok.demo " + " ".join(a for a in sys.argv[1:]) + "`",
+        "command": "`python -m gigatok.stages.demo " + " ".join(a for a in sys.argv[1:]) + "`",
     }
     text = rep.render_demo_report(metrics, stage_rows, settings, {**figures, **grids, "metrics": "metrics.json"},
                                   wall_s, LIMITS)

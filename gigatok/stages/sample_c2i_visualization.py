@@ -8,7 +8,7 @@ the official script), decodes the codes with the tokenizer and writes into `--sa
   samples.npz                         every image: arr_0 (N, H, W, 3) uint8, labels (N,) int64, by class then index
 
 Run it with torchrun (scripts/sample_c2i_visualization.sh) or as a single process
-(`python -m gigatok.sample_c2i_visualization ...`). The work is cut into batches of at most
+(`python -m gigatok.stages.sample_c2i_visualization ...`). The work is cut into batches of at most
 `--per-proc-batch-size` images of one class, dealt round-robin to the ranks; each batch draws from its own
 generator seeded by (global seed, class, first index), so the images do not depend on the number of ranks.
 """
@@ -33,7 +33,7 @@ from gigatok.infra.dist import (
     is_main_process,
     setup_logging,
 )
-from gigatok.sampling import (
+from gigatok.engine.sampling import (
     USER_ERRORS,
     UsageError,
     add_sampler_args,

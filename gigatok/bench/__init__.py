@@ -216,7 +216,7 @@ def train_flops(gpt: torch.nn.Module, batch: int, tokens: int) -> float:
 
 def bench_gpt(args: argparse.Namespace) -> dict:
     """Time GPT sampling or one training step on random weights and random codes (ours or the official gpt_1d)."""
-    from gigatok.builders_gpt import build_gpt
+    from gigatok.builders import build_gpt
     from gigatok.gpt.generate import generate
 
     device = torch.device(args.device)
@@ -423,6 +423,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from gigatok.builders import load_tokenizer
-from gigatok.builders_gpt import load_gpt, recorded_gpt_fields
+from gigatok.builders import load_gpt, recorded_gpt_fields
 from gigatok.config import ConfigError, load_config
 from gigatok.data.codes import (
     CodeDataset,

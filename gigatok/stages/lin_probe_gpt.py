@@ -4,7 +4,7 @@ Features (SPEC_evaluation §5): the frozen tokenizer turns each image into codes
 on [null class token, the first num_code - 1 codes] (the true label never enters); the feature is the residual
 stream after block `--n-layer` (default n_layer // 2, i.e. block 6 of 12 for GPT-B; official
 `ret_inner_feat_layer`), before any final norm, averaged over all num_code positions (class slot included).
-A BatchNorm + linear head is trained on top with LARS (gigatok.eval.linear_probe), then scored on the val set.
+A BatchNorm + linear head is trained on top with LARS (gigatok.engine.linear_probe), then scored on the val set.
 
 Differences from the official script, on purpose: the GPT runs in eval mode during probe training too (officially
 it is left in train mode, so its dropout perturbs the training features); the tokenizer encodes in float32
@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from gigatok.builders import load_tokenizer
-from gigatok.builders_gpt import load_gpt, recorded_gpt_fields
+from gigatok.builders import load_gpt, recorded_gpt_fields
 from gigatok.config import ConfigError
 from gigatok.data.images import ImageDataError
-from gigatok.eval.linear_probe import (
+from gigatok.engine.linear_probe import (
     ProbeError,
     add_probe_arguments,
     run_probe,

@@ -2,7 +2,7 @@
 sample_c2i_ddp.py).
 
 Samples `--num-fid-samples` images with uniform classes (exactly N / num_classes per class when divisible, see
-`gigatok.sampling.uniform_class_labels`; the official samplers draw random classes), packs them into
+`gigatok.engine.sampling.uniform_class_labels`; the official samplers draw random classes), packs them into
 `<sample-dir>/<folder>.npz` (arr_0 (N, H, W, 3) uint8, arr_1 (N,) labels) and evaluates it with the ADM metrics
 against `--gt-npz-path` (FID, sFID, Inception Score, precision, recall), written to `<folder>.txt` / `.json` and
 appended as one row to `<parent of sample-dir>/search_results/<name of sample-dir>.csv`.
@@ -17,7 +17,7 @@ results exist is not sampled again (as officially). With several nodes, --sample
 points until the FID has a local minimum; every scale gets its own folder and CSV row, scales already in the CSV
 are not evaluated again, and the best one is reported.
 
-Run it with torchrun (scripts/sample_c2i.sh) or as one process (`python -m gigatok.sample_c2i ...`).
+Run it with torchrun (scripts/sample_c2i.sh) or as one process (`python -m gigatok.stages.sample_c2i ...`).
 """
 from __future__ import annotations
 
@@ -52,10 +52,10 @@ from gigatok.eval.inception import InceptionWeightsError
 from gigatok.eval.npz import NpzFormatError, npz_info, write_image_npz
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import init_distributed, setup_logging
-from gigatok.sampling import (
+from gigatok.engine.sampling import (
     USER_ERRORS as SAMPLER_ERRORS,
 )
-from gigatok.sampling import (
+from gigatok.engine.sampling import (
     UsageError,
     add_sampler_args,
     append_csv_row,

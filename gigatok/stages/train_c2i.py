@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from gigatok.builders_gpt import build_gpt_config
+from gigatok.builders import build_gpt_config
 from gigatok.config import ConfigError, load_config
 from gigatok.data.codes import CodeDataset, CodesError, check_meta, fast_file_hash
 from gigatok.data.sampler import ResumableDistributedSampler
@@ -75,7 +75,7 @@ def _optional_int(text: str) -> int | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # Official flags of train_c2i.py (same names and defaults unless noted).
-    parser.add_argument("--code-path", type=str, required=True, help="codes from gigatok.extract_codes (or official)")
+    parser.add_argument("--code-path", type=str, required=True, help="codes from gigatok.stages.extract_codes (or official)")
     parser.add_argument("--data-path", type=str, default=None, help="accepted and recorded (codes are required)")
     parser.add_argument("--gpt-model", type=str, choices=list(GPT_MODELS), default="GPT-B")
     parser.add_argument("--gpt-2d", action="store_true", help="LlamaGen GPT with 2D RoPE (2D tokenizers)")

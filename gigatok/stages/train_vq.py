@@ -1,7 +1,7 @@
 """Train a GigaTok tokenizer (official `vq_train.py`, DDP, and `vq_train_fsdp.py`, FSDP).
 
 Run it with torchrun (scripts/train_vq.sh, scripts/train_vq_fsdp.sh) or as a single process
-(`python -m gigatok.train_vq ...`). The run directory is `<--save-path>/<--sub-exp-dir>/`:
+(`python -m gigatok.stages.train_vq ...`). The run directory is `<--save-path>/<--sub-exp-dir>/`:
   config.yaml                  the resolved config (YAML < official flags < --section.key=value overrides)
   checkpoints/{step:07d}.pt    self-describing, atomic checkpoints (official entries + EMA, scalers, RNG, data state)
   metrics.jsonl, log.txt       every `log_every` steps: all loss terms, codebook usage, grad norms, lr, throughput

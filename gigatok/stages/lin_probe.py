@@ -4,7 +4,7 @@ Features: the mean over latent tokens of the Q-Former encoder output before `con
 tokens at the transformer width D); with `--fix-dim`, the same after `conv_out` (z_channels wide, still before
 `quant_conv` and the quantizer); with `--from-decoder`, the decoder states after layer `distill_depth` (the input
 of the semantic-regularisation MLP, from the quantized codes), averaged over the G*G 2D queries. The head and
-recipe are those of the GPT probe (gigatok.eval.linear_probe). GigaTok's README: this probe "does not necessarily
+recipe are those of the GPT probe (gigatok.engine.linear_probe). GigaTok's README: this probe "does not necessarily
 reflect downstream AR performance" (it overfits while generation keeps improving, paper Fig. 13).
 
 Run it with torchrun (scripts/train_lin_probe.sh) or as one process.
@@ -19,7 +19,7 @@ import torch
 from gigatok.builders import load_tokenizer
 from gigatok.config import ConfigError
 from gigatok.data.images import ImageDataError
-from gigatok.eval.linear_probe import (
+from gigatok.engine.linear_probe import (
     ProbeError,
     add_probe_arguments,
     run_probe,

@@ -1,4 +1,4 @@
-"""torchrun without the launcher's own traceback: `python -m gigatok.launch <torchrun arguments>`.
+"""torchrun without the launcher's own traceback: `python -m gigatok.infra.launch <torchrun arguments>`.
 
 When a worker exits with an error, torchrun prints a Python traceback of the launcher itself after the worker's
 message. Our workers already print a clear message and exit with code 2 on user errors, so this wrapper runs the
