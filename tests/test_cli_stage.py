@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch.distributed as dist
 
+from gigatok.errors import UserError
 from gigatok.infra import dist as gdist
 from gigatok.infra.cli import run_stage
+from gigatok.infra.io import DiskFullError
 
 
-class _UserError(ValueError):
-    pass
+class _UserError(UserError):
+    """A domain error: every subclass of UserError is handled alike."""
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def group(tmp_path, monkeypatch):
 
 
 def test_success_returns_the_result_and_tears_down_after_a_barrier(group):
-    assert run_stage(lambda: 42, (_UserError,)) == 42
+    assert run_stage(lambda: 42) == 42
     assert not dist.is_initialized()
     assert group == ["barrier"]
 
@@ -41,7 +43,7 @@ def test_user_error_exits_2_with_one_line_and_no_barrier(group, capsys):
         raise _UserError("--data-path 'x' does not exist")
 
     with pytest.raises(SystemExit) as info:
-        run_stage(stage, (_UserError,))
+        run_stage(stage)
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --data-path 'x' does not exist"
     assert not dist.is_initialized()
@@ -53,6 +55,15 @@ def test_a_bug_keeps_its_traceback_and_still_tears_down(group):
         raise RuntimeError("bug")
 
     with pytest.raises(RuntimeError, match="bug"):
-        run_stage(stage, (_UserError,))
+        run_stage(stage)
     assert not dist.is_initialized()
     assert group == []
+
+
+def test_a_user_error_raised_anywhere_is_one_line(group, capsys):
+    def stage():
+        raise DiskFullError("no space left on the device while writing 'x.pt'")
+
+    with pytest.raises(SystemExit) as info:
+        run_stage(stage)
+    assert info.value.code == 2 and "Traceback" not in capsys.readouterr().err

@@ -14,9 +14,10 @@ from gigatok.config import (
     VQConfig,
     config_from_dict,
     load_config,
-    save_config,
     to_dict,
+    to_yaml,
 )
+from gigatok.infra.io import write_text_atomic
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vq")
 ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
@@ -232,7 +233,7 @@ def test_defaults_without_a_file():
 def test_save_then_load_round_trips(tmp_path, name):
     config = load_config(_path(name), ["--trainer.lr=3e-4", "--model.init_args.codebook_size=4096"])
     out = str(tmp_path / "resolved.yaml")
-    save_config(config, out)
+    write_text_atomic(out, to_yaml(config))
     assert not os.path.exists(out + ".tmp")
     again = load_config(out)
     assert again == config

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import expect_exit_2
 
+from gigatok.errors import UserError
 from gigatok.stages import demo
 from gigatok.stages.demo import Stage, StageRunner, main
 
@@ -144,14 +145,14 @@ def test_runner_reuses_reruns_on_changed_commands_and_inputs_and_reports_failure
         assert runner.run(stage("a", ["--help"]), 1, 2)["reused"]
         assert runner.run(stage("b", ["--help"], ["a"]), 2, 2)["reused"]
         # `a` with another command: its output is deleted before it runs (so it cannot prove completion any more).
-        with pytest.raises(demo.DemoError, match="without producing its output"):
+        with pytest.raises(UserError, match="without producing its output"):
             runner.run(stage("a", ["--help", "--sort-keys"]), 1, 2)
         assert not (work / "a").exists()
         (work / "a").mkdir()
         runner.run(stage("a", ["--help", "--sort-keys"]), 1, 2)
         # ... and `b`, which reads `a`'s output, runs again although its own command is unchanged.
         assert runner.run(stage("b", ["--help"], ["a"]), 2, 2)["stamp"] != record_b["stamp"]
-        with pytest.raises(demo.DemoError, match=r"stage 'bad' failed \(exit code 2\).*bad.log"):
+        with pytest.raises(UserError, match=r"stage 'bad' failed \(exit code 2\).*bad.log"):
             runner.run(stage("bad", ["--no-such-flag"]), 1, 1)
 
 

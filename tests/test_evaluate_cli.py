@@ -22,7 +22,6 @@ import pytest
 import torch
 from conftest import expect_exit_2
 
-from gigatok.stages import evaluate
 from gigatok.eval import adm
 from gigatok.eval.adm import (
     RESULT_KEYS,
@@ -42,6 +41,7 @@ from gigatok.eval.metrics import (
     precision_recall,
 )
 from gigatok.eval.npz import write_image_npz
+from gigatok.stages import evaluate
 
 FAKE_DIMS = {"pool": 16, "spatial": 12, "logits": 10}
 _PROJECTIONS = {k: np.random.default_rng(i).normal(size=(48, d)) for i, (k, d) in enumerate(FAKE_DIMS.items())}

@@ -8,7 +8,8 @@ import torch
 
 from gigatok.builders import build_gpt, load_gpt
 from gigatok.gpt.config import POS_TYPES
-from gigatok.infra.checkpoint import CheckpointError, save_checkpoint_atomic
+from gigatok.infra.checkpoint import CheckpointError
+from gigatok.infra.io import torch_save_atomic
 
 torch.set_num_threads(2)
 V, N, NUM_CLASSES = 64, 16, 10
@@ -120,7 +121,7 @@ def test_load_gpt_roundtrip_and_entries(tmp_path):
     path = tmp_path / "ckpt.pt"
     # DDP/compile prefixes and a stray freqs_cis (LlamaGen-derived files) are tolerated
     stray = {f"module.{k}": v for k, v in state.items()} | {"freqs_cis": torch.zeros(N + 1, 8, 2)}
-    save_checkpoint_atomic({"model": stray, "steps": 5}, path)
+    torch_save_atomic({"model": stray, "steps": 5}, path)
     gpt = load_gpt(path, "debug", **kwargs)
     assert not gpt.training and all(torch.equal(gpt.state_dict()[k], v) for k, v in state.items())
     assert gpt.freqs_cis.abs().sum() > 0  # the RoPE table is rebuilt, not taken from the meta build
@@ -151,8 +152,8 @@ def test_load_gpt_is_strict_and_names_keys():
 
 
 def test_export_gpt_safetensors_round_trip(tmp_path):
-    from gigatok.stages import export
     from gigatok.builders import load_gpt_export
+    from gigatok.stages import export
 
     gpt = build_gpt("debug", vocab_size=64, block_size=16, num_classes=10)
     ema = build_gpt("debug", vocab_size=64, block_size=16, num_classes=10)

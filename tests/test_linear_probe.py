@@ -23,8 +23,7 @@ from conftest import expect_exit_2
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from gigatok.builders import build_tokenizer
-from gigatok.builders import build_gpt_config
+from gigatok.builders import build_gpt_config, build_tokenizer
 from gigatok.config import load_config
 from gigatok.engine.linear_probe import (
     LARS,

@@ -5,7 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from gigatok.infra.optim import build_adamw, load_optimizer_state, split_decay_parameters, summarize_param_groups
+from gigatok.infra.optim import (
+    build_adamw,
+    load_optimizer_state,
+    split_decay_parameters,
+    summarize_param_groups,
+)
 from gigatok.layers.conv import AdaptiveGroupNorm
 
 

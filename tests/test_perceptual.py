@@ -12,7 +12,12 @@ import warnings
 import pytest
 import torch
 
-from gigatok.tokenizer.perceptual import LPIPS, VGG16_FILENAME, LPIPSWeightsError, default_vgg16_path
+from gigatok.tokenizer.perceptual import (
+    LPIPS,
+    VGG16_FILENAME,
+    LPIPSWeightsError,
+    default_vgg16_path,
+)
 
 lpips = pytest.importorskip("lpips")
 

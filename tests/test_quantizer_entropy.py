@@ -1,7 +1,6 @@
 """The entropy loss: its formula, and its all-ranks option equal to the single-process loss on the global batch."""
 from __future__ import annotations
 
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

@@ -15,10 +15,10 @@ from gigatok.eval.recon_metrics import (
     peak_signal_noise_ratio,
     psnr_batch,
     read_png_images,
-    save_png_atomic,
     ssim_batch,
     structural_similarity,
 )
+from gigatok.infra.io import save_png_atomic
 
 
 def _photos() -> list[np.ndarray]:
@@ -154,7 +154,7 @@ def test_png_helpers(tmp_path):
     images = rng.integers(0, 256, (3, 8, 6, 3), dtype=np.uint8)
     paths = [tmp_path / f"{i:06d}.png" for i in range(3)]
     for image, path in zip(images, paths):
-        save_png_atomic(image, path)
+        save_png_atomic(path, image)
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in paths]  # no temp files left
     np.testing.assert_array_equal(read_png_images(paths[::-1]), images[::-1])
     Image.fromarray(images[0][:4]).save(paths[1])

@@ -23,8 +23,8 @@ from gigatok.config import load_config
 from gigatok.data.transforms import center_crop_arr, to_tensor_normalized
 from gigatok.eval.recon_metrics import ReconRecords
 from gigatok.stages.reconstruct import main
-from gigatok.tokenizer.perceptual import LPIPS, RANDOM_BACKBONE_ENV, VGG16_FILENAME
 from gigatok.stages.val_reference import main as build_reference
+from gigatok.tokenizer.perceptual import LPIPS, RANDOM_BACKBONE_ENV, VGG16_FILENAME
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

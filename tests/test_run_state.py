@@ -160,7 +160,8 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         save_training_checkpoint(tmp_path, 200, model=model)
     monkeypatch.setattr(torch, "save", real_save)
     ckpt_dir = tmp_path / "checkpoints"
-    assert (ckpt_dir / "0000200.pt.tmp").exists() and not (ckpt_dir / "0000200.pt").exists()
+    assert not (ckpt_dir / "0000200.pt").exists() and not list(ckpt_dir.glob("*.tmp"))  # the writer cleaned up
+    (ckpt_dir / "0000200.pt.tmp").write_bytes(b"PK\x03\x04 half a zip file")  # what a kill -9 would leave
     assert find_latest_checkpoint(tmp_path) == good
     assert load_training_checkpoint(good)["step"] == 100
 

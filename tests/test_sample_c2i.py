@@ -15,8 +15,7 @@ import torch
 from conftest import expect_exit_2
 from PIL import Image
 
-from gigatok.builders import build_tokenizer
-from gigatok.builders import build_gpt
+from gigatok.builders import build_gpt, build_tokenizer
 from gigatok.config import load_config
 from gigatok.stages.sample_c2i_visualization import main
 

@@ -16,13 +16,12 @@ import pytest
 import torch
 from conftest import expect_exit_2
 
-from gigatok.stages import sample_c2i
-from gigatok.builders import build_tokenizer
-from gigatok.builders import build_gpt
+from gigatok.builders import build_gpt, build_tokenizer
 from gigatok.config import load_config
-from gigatok.eval.npz import npz_info
-from gigatok.stages.sample_c2i import main, next_search_scale, search_start_scale
 from gigatok.engine.sampling import chunk_bounds, chunk_seed, uniform_class_labels
+from gigatok.eval.npz import npz_info
+from gigatok.stages import sample_c2i
+from gigatok.stages.sample_c2i import main, next_search_scale, search_start_scale
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"

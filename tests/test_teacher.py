@@ -6,7 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from gigatok.tokenizer.discriminator_dino import create_vit
-from gigatok.tokenizer.teacher import DinoV2Teacher, TeacherWeightsError, find_teacher_weights
+from gigatok.tokenizer.teacher import (
+    DinoV2Teacher,
+    TeacherWeightsError,
+    find_teacher_weights,
+)
 
 hf_constants = pytest.importorskip("huggingface_hub.constants")
 

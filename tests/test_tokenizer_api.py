@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import ROOT
 
-from gigatok.stages import export
 from gigatok.builders import build_tokenizer, load_tokenizer
 from gigatok.config import ConfigError, load_config
 from gigatok.infra.checkpoint import CheckpointError
+from gigatok.stages import export
 
 DEBUG_1D = ROOT / "configs" / "vq" / "VQ_debug.yaml"
 DEBUG_2D = ROOT / "configs" / "vq" / "VQ_debug_2d.yaml"

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from gigatok.builders import load_gpt
 from gigatok.data.codes import CodeDataset
-from gigatok.stages.extract_codes import main as extract_main
 from gigatok.infra.checkpoint import read_checkpoint
 from gigatok.infra.dist import cpu_bf16_warning
+from gigatok.stages.extract_codes import main as extract_main
 from gigatok.stages.train_c2i import main as train_main
 from gigatok.stages.val_loss_c2i import main as val_main
 

@@ -409,10 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.official_root and args.impl is None:
         result = _run_side_by_side(list(argv), args.rounds)
     elif args.bench == "eval":
-        from gigatok.eval.inception import InceptionWeightsError
         from gigatok.infra.cli import run_stage
 
-        result = run_stage(lambda: bench_eval(args), (InceptionWeightsError,))  # missing weights: exit 2
+        result = run_stage(lambda: bench_eval(args))  # missing weights: exit 2
     else:
         args.impl = args.impl or "ours"
         malloc = "tuned" if args.impl == "ours" else args.official_cpu_malloc

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 from gigatok.data.images import ImageDataError, list_image_files
 from gigatok.data.transforms import center_crop_arr, to_tensor_normalized
+from gigatok.errors import UserError
 
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
@@ -51,7 +52,7 @@ CENTER_FLIP_VIEWS = ("center", "flip_center")
 _MASK64 = (1 << 64) - 1
 
 
-class CodesError(ValueError):
+class CodesError(UserError, ValueError):
     """A code folder that cannot be used as asked: missing, incomplete, or not matching the model."""
 
 
@@ -171,24 +172,6 @@ def shard_file_names(shard: int) -> tuple[str, str]:
 def codes_dtype(codebook_size: int) -> np.dtype:
     """Smallest signed dtype holding codes in [0, K): int16 for every released tokenizer (K = 16384)."""
     return np.dtype(np.int16) if codebook_size <= 2**15 else np.dtype(np.int32)
-
-
-def save_npy_atomic(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_meta(code_path: str | os.PathLike) -> dict[str, Any] | None:

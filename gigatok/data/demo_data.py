@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image
 
 from gigatok.data.transforms import center_crop_arr
+from gigatok.errors import UserError
+from gigatok.infra.io import write_json_atomic
 
 NUM_CLASSES = 10
 DIGIT_LEVELS = 16  # load_digits pixel values are 0..16
@@ -51,7 +53,7 @@ PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry
 DATA_VERSION = 2  # bump when the rendering changes, so cached folders are rebuilt
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(UserError, RuntimeError):
     """The demo data cannot be produced (a missing optional dependency)."""
 
 
@@ -198,9 +200,7 @@ def write_demo_data(root: str | os.PathLike, size: int = 32, seed: int = 0,
     info = {"settings": settings, "num_train": len(split.train_labels), "num_heldout": len(split.heldout_labels),
             "train_per_class": np.bincount(split.train_labels, minlength=NUM_CLASSES).tolist(),
             "heldout_per_class": np.bincount(split.heldout_labels, minlength=NUM_CLASSES).tolist()}
-    tmp = paths.info.with_name(paths.info.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, paths.info)  # last: its presence means the folders are complete
+    write_json_atomic(paths.info, info)  # last: its presence means the folders are complete
     return paths
 
 
@@ -222,7 +222,7 @@ def write_eval_subset(source: str | os.PathLike, target: str | os.PathLike, limi
             shutil.copyfile(image, tmp / c / image.name)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
-    stamp.write_text(json.dumps(settings))
+    write_json_atomic(stamp, settings)
     return target
 
 

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from gigatok.data.transforms import CenterCropTransform
+from gigatok.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class ImageDataError(ValueError):
+class ImageDataError(UserError, ValueError):
     """A data-path problem the user must fix: missing folder, no images, or an undecodable image file."""
 
     def __init__(self, message: str) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
@@ -47,12 +46,12 @@ from gigatok.data.images import ImageDataError
 from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.data.train_images import TrainImageDataset
 from gigatok.data.transforms import CenterCropTransform
+from gigatok.errors import UserError
 from gigatok.infra.checkpoint import (
     CheckpointError,
     extract_state_dict,
     read_checkpoint,
     resolve_checkpoint_path,
-    save_checkpoint_atomic,
 )
 from gigatok.infra.dist import (
     DistInfo,
@@ -60,6 +59,7 @@ from gigatok.infra.dist import (
     is_main_process,
     setup_logging,
 )
+from gigatok.infra.io import torch_save_atomic, write_json_atomic, write_text_atomic
 from gigatok.infra.logging import MetricsLogger, reduce_metrics
 from gigatok.infra.optim import load_optimizer_state
 from gigatok.infra.parallel import parallelize, unwrap
@@ -70,9 +70,6 @@ FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
 RESULTS_NAME = "lin_probe_acc"
 _CKPT_NAME = re.compile(r"^(\d+)\.pt$")
 
-
-class ProbeError(ValueError):
-    """A linear-probe setting or input the user must fix (flags, data folders, probe checkpoints)."""
 
 
 # -- Optimizer, head, schedule -----------------------------------------------------------------------------------
@@ -178,10 +175,10 @@ def resolve_data_paths(data_root: str | None, train_path: str | None, val_path: 
             continue
         path = Path(given) if given else Path(data_root) / f"ILSVRC2012_img_{split}" if data_root else None
         if path is None:
-            raise ProbeError(f"no {split} images: pass --data-root (with ILSVRC2012_img_train/ and ILSVRC2012_img_val/ "
+            raise UserError(f"no {split} images: pass --data-root (with ILSVRC2012_img_train/ and ILSVRC2012_img_val/ "
                              "in ImageFolder layout) or --train-path / --val-path.")
         if not path.is_dir():
-            raise ProbeError(f"image folder not found: '{path}'. Expected an ImageFolder tree "
+            raise UserError(f"image folder not found: '{path}'. Expected an ImageFolder tree "
                              "(<folder>/<class name>/<images>).")
         paths[split] = path
     return paths.get("train"), paths["val"]
@@ -200,17 +197,17 @@ def build_probe_datasets(train_path: Path | None, val_path: Path, image_size: in
         if train_path is not None:
             train = TrainImageDataset(train_path, image_size, seed=seed)
             if not train.classes:
-                raise ProbeError(f"'{train_path}' has no class sub-folders: linear probing needs labels "
+                raise UserError(f"'{train_path}' has no class sub-folders: linear probing needs labels "
                                  "(ImageFolder layout <folder>/<class name>/<images>).")
             classes = list(train.classes)
         val = LabeledImageFolder(val_path, CenterCropTransform(image_size))
     except ImageDataError as err:
-        raise ProbeError(str(err)) from None
+        raise UserError(str(err)) from None
     classes = list(val.classes) if classes is None else classes
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(val.classes) - set(index))
     if unknown:
-        raise ProbeError(f"val folder '{val_path}' has classes the probe does not know: {unknown[:5]}"
+        raise UserError(f"val folder '{val_path}' has classes the probe does not know: {unknown[:5]}"
                          f"{' ...' if len(unknown) > 5 else ''} (train classes: {len(classes)}). Use matching "
                          "train and val folders.")
     val.labels = [index[val.classes[label]] for label in val.labels]
@@ -242,7 +239,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
         The global step after the epoch.
 
     Raises:
-        ProbeError: a non-finite loss (as MAE, the run stops).
+        UserError: a non-finite loss (as MAE, the run stops).
     """
     model.train()
     for i, batch in enumerate(loader):
@@ -257,7 +254,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
                 features = features_fn(images)  # (B, D)
             loss = F.cross_entropy(model(features), labels)
         if not torch.isfinite(loss):
-            raise ProbeError(f"the probe loss is {float(loss)} at step {step}: lower --blr / --lr, or use "
+            raise UserError(f"the probe loss is {float(loss)} at step {step}: lower --blr / --lr, or use "
                              "--mixed-precision none.")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -319,7 +316,7 @@ def save_probe_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.opti
             "epoch": epoch, "classes": list(classes), "config": config}
     if scaler.is_enabled():
         ckpt["scaler"] = scaler.state_dict()
-    save_checkpoint_atomic(ckpt, path)
+    torch_save_atomic(ckpt, path)
     logger.info(f"saved probe checkpoint {path}")
 
 
@@ -345,10 +342,8 @@ def write_results(run_dir: str | os.PathLike, results: dict[str, Any], trunk_lab
     path = Path(out) if out else Path(run_dir) / f"{RESULTS_NAME}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     line = f"{trunk_label}: Accuracy of the network on the {results['num_images']} test images: {results['top1']:.4f}\n"
-    for target, text in ((path, json.dumps(results, indent=1)), (path.with_suffix(".txt"), line)):
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, target)
+    write_json_atomic(path, results)
+    write_text_atomic(path.with_suffix(".txt"), line)
     return path
 
 
@@ -389,15 +384,15 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 def check_probe_flags(args: argparse.Namespace) -> None:
     """Reject bad shared flags before any work."""
     if not args.sub_exp_dir:
-        raise ProbeError("--sub-exp-dir is required: the run folder is <--save-path>/<--sub-exp-dir>.")
+        raise UserError("--sub-exp-dir is required: the run folder is <--save-path>/<--sub-exp-dir>.")
     for name in ("epochs", "batch_size", "log_every", "ckpt_epoch"):
         if getattr(args, name) <= 0:
-            raise ProbeError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     if args.warmup_epochs < 0 or args.min_lr < 0:
-        raise ProbeError("--warmup-epochs and --min-lr must be >= 0.")
+        raise UserError("--warmup-epochs and --min-lr must be >= 0.")
     if args.eval and args.lin_probe_ckpt is None and find_probe_checkpoint(
             Path(args.save_path) / args.sub_exp_dir) is None:
-        raise ProbeError(f"--eval: no probe checkpoint under '{Path(args.save_path) / args.sub_exp_dir}' and no "
+        raise UserError(f"--eval: no probe checkpoint under '{Path(args.save_path) / args.sub_exp_dir}' and no "
                          "--lin-probe-ckpt given.")
     resolve_data_paths(args.data_root, args.train_path, args.val_path, need_train=not args.eval)
 
@@ -417,7 +412,7 @@ def start_probe_stage(args: argparse.Namespace) -> tuple[DistInfo, VQConfig, int
     config = load_config(args.model_config)
     image_size = args.image_size or config.model.init_args.image_size
     if image_size != config.model.init_args.image_size:
-        raise ProbeError(f"--image-size {image_size} differs from the tokenizer's image_size "
+        raise UserError(f"--image-size {image_size} differs from the tokenizer's image_size "
                          f"{config.model.init_args.image_size} ('{args.model_config}').")
     if args.vq_ckpt is None:
         logger.warning("no --vq-ckpt: the tokenizer has RANDOM weights (tests only)")
@@ -486,7 +481,7 @@ def train_probe(args: argparse.Namespace, features_fn: FeaturesFn, dist_info: Di
     global_batch = args.batch_size * world_size
     steps_per_epoch = len(train) // global_batch
     if steps_per_epoch == 0:
-        raise ProbeError(f"{len(train)} training images are fewer than one global batch of {global_batch} "
+        raise UserError(f"{len(train)} training images are fewer than one global batch of {global_batch} "
                          f"(--batch-size {args.batch_size} x {world_size} process(es)).")
     schedule = ProbeSchedule(probe_lr(args.blr, args.lr, global_batch), args.epochs, args.warmup_epochs, args.min_lr)
     torch.manual_seed(args.global_seed)  # same head init on every rank

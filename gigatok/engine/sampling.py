@@ -15,25 +15,24 @@ import argparse
 import csv
 import io
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gigatok.builders import load_tokenizer
 from gigatok.builders import (
     build_gpt,
     build_gpt_config,
     load_gpt,
+    load_tokenizer,
     recorded_gpt_fields,
 )
-from gigatok.config import ConfigError, VQConfig
+from gigatok.config import VQConfig
 from gigatok.data.transforms import to_uint8
+from gigatok.errors import UserError
 from gigatok.gpt.generate import cfg_schedule_values, generate
 from gigatok.gpt.model import GPT_MODELS
 from gigatok.infra.checkpoint import (
@@ -42,13 +41,8 @@ from gigatok.infra.checkpoint import (
     read_checkpoint,
     resolve_checkpoint_path,
 )
+from gigatok.infra.io import save_npz_atomic, write_text_atomic
 
-
-class UsageError(ValueError):
-    """A bad flag or combination of flags."""
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ConfigError, CheckpointError)
 _SEED_MUL = 1_000_003  # any odd constant: mixes (seed, index) pairs into distinct generator seeds
 
 
@@ -98,21 +92,21 @@ def add_sampler_args(parser: argparse.ArgumentParser) -> None:
 def check_sampler_flags(args: argparse.Namespace) -> None:
     """Reject unsupported or inconsistent shared flags before any model is built."""
     if args.gpt_type != "c2i":
-        raise UsageError("--gpt-type t2i is not supported: GigaTok samples class-conditional GPTs (--gpt-type c2i).")
+        raise UserError("--gpt-type t2i is not supported: GigaTok samples class-conditional GPTs (--gpt-type c2i).")
     if args.quant_way != "vq":
-        raise UsageError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
+        raise UserError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
     if args.adaLN or args.simple_adaLN:
-        raise UsageError("--adaLN / --simple-adaLN are not supported: no released GigaTok GPT uses adaptive "
+        raise UserError("--adaLN / --simple-adaLN are not supported: no released GigaTok GPT uses adaptive "
                          "LayerNorm; drop the flag.")
     if args.rope and args.gpt_2d:
-        raise UsageError("--rope (GigaTok 1D RoPE) and --gpt-2d (LlamaGen 2D RoPE) exclude each other; pass one.")
+        raise UserError("--rope (GigaTok 1D RoPE) and --gpt-2d (LlamaGen 2D RoPE) exclude each other; pass one.")
     if args.tok_config is None:
-        raise UsageError("--tok-config is required: the tokenizer's YAML, e.g. configs/vq/VQ_XLXXL256.yaml, "
+        raise UserError("--tok-config is required: the tokenizer's YAML, e.g. configs/vq/VQ_XLXXL256.yaml, "
                          "matching --vq-ckpt.")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
+        raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
     if args.per_proc_batch_size <= 0:
-        raise UsageError(f"--per-proc-batch-size must be positive, got {args.per_proc_batch_size}.")
+        raise UserError(f"--per-proc-batch-size must be positive, got {args.per_proc_batch_size}.")
 
 
 def resolve_image_sizes(args: argparse.Namespace, config: VQConfig) -> tuple[int, int]:
@@ -120,7 +114,7 @@ def resolve_image_sizes(args: argparse.Namespace, config: VQConfig) -> tuple[int
     config_size = config.model.init_args.image_size
     image_size = args.image_size or config_size
     if image_size != config_size:
-        raise UsageError(
+        raise UserError(
             f"--image-size {image_size} differs from the tokenizer config's image_size {config_size} "
             f"('{args.tok_config}'). Pass --image-size {config_size} (the official default 384 does not fit the "
             "256 px GigaTok tokenizers), or omit the flag."
@@ -134,7 +128,7 @@ def cfg_schedule_kwargs(args: argparse.Namespace) -> dict[str, float]:
     try:
         cfg_schedule_values(args.cfg_scale, 2, args.cfg_schedule, kwargs, args.cfg_interval)
     except ValueError as err:
-        raise UsageError(f"--cfg-schedule: {err}") from None
+        raise UserError(f"--cfg-schedule: {err}") from None
     return kwargs
 
 
@@ -182,7 +176,7 @@ def load_models(args: argparse.Namespace, config: VQConfig, device: torch.device
     tokenizer = load_tokenizer(args.vq_ckpt, config, device=device)
     num_token = tokenizer.num_tokens if args.num_token is None else args.num_token
     if num_token != tokenizer.num_tokens:
-        raise UsageError(f"--num-token {num_token} differs from the tokenizer's {tokenizer.num_tokens} codes per "
+        raise UserError(f"--num-token {num_token} differs from the tokenizer's {tokenizer.num_tokens} codes per "
                          "image; decoding a partial sequence is not supported. Omit --num-token.")
     # The GPT's vocabulary and length follow the tokenizer, as in the official sampler.
     gpt_kwargs: dict[str, Any] = {
@@ -192,7 +186,7 @@ def load_models(args: argparse.Namespace, config: VQConfig, device: torch.device
     try:
         build_gpt_config(args.gpt_model, **gpt_kwargs)
     except ValueError as err:  # e.g. --cls-token-num other than 1, --gpt-2d with a non-square token count
-        raise UsageError(f"cannot build {args.gpt_model} for this tokenizer: {err}") from None
+        raise UserError(f"cannot build {args.gpt_model} for this tokenizer: {err}") from None
     if args.gpt_ckpt is None:
         logger.warning("!!! no --gpt-ckpt: the GPT has RANDOM weights, the samples are meaningless "
                        "(smoke tests only) !!!")
@@ -202,7 +196,7 @@ def load_models(args: argparse.Namespace, config: VQConfig, device: torch.device
         recorded = recorded_gpt_fields(ckpt)  # our runs record their GPT config; official files don't
         if recorded is not None:
             if recorded.get("num_classes") != args.num_classes:
-                raise UsageError(f"--gpt-ckpt '{args.gpt_ckpt}' was trained with {recorded.get('num_classes')} "
+                raise UserError(f"--gpt-ckpt '{args.gpt_ckpt}' was trained with {recorded.get('num_classes')} "
                                  f"classes but --num-classes is {args.num_classes}: pass --num-classes "
                                  f"{recorded.get('num_classes')}.")
             gpt_kwargs = {**gpt_kwargs, **{k: v for k, v in recorded.items() if k not in gpt_kwargs}}
@@ -240,22 +234,6 @@ def generate_images(gpt: torch.nn.Module, tokenizer: torch.nn.Module, labels: to
     return to_uint8(images).numpy()  # (B, S_eval, S_eval, 3)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(file)` on a temp file in the target folder, fsync it and `os.replace` it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV file with a header ([] when it does not exist)."""
     if not path.is_file():
@@ -273,7 +251,7 @@ def append_csv_row(path: Path, row: dict[str, Any], columns: list[str]) -> None:
     writer = csv.DictWriter(text, fieldnames=columns, restval="")
     writer.writeheader()
     writer.writerows([*rows, {k: "" if v is None else v for k, v in row.items()}])
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    write_text_atomic(path, text.getvalue())
 
 
 # ---- FID sampling plan and chunk files (gigatok.stages.sample_c2i) ----
@@ -310,7 +288,7 @@ def chunk_path(chunk_dir: Path, index: int) -> Path:
 
 def save_chunk(path: Path, images_uint8: np.ndarray, labels: np.ndarray) -> None:
     """Atomically write one chunk: arr_0 (n, H, W, 3) uint8, arr_1 (n,) int64."""
-    atomic_write(path, lambda f: np.savez(f, arr_0=images_uint8, arr_1=labels))
+    save_npz_atomic(path, arr_0=images_uint8, arr_1=labels)
 
 
 def done_chunks(chunk_dir: Path, num_chunks: int) -> set[int]:
@@ -326,20 +304,20 @@ def load_chunks(chunk_dir: Path, bounds: list[tuple[int, int]], labels: np.ndarr
         (N, H, W, 3) uint8.
 
     Raises:
-        UsageError: a chunk is missing (ranks without a shared file system) or does not fit the plan.
+        UserError: a chunk is missing (ranks without a shared file system) or does not fit the plan.
     """
     images: np.ndarray | None = None
     for i, (start, end) in enumerate(bounds):
         path = chunk_path(chunk_dir, i)
         if not path.is_file():
-            raise UsageError(f"chunk file '{path}' is missing after sampling. Every rank writes its chunks into "
+            raise UserError(f"chunk file '{path}' is missing after sampling. Every rank writes its chunks into "
                              "--sample-dir, so multi-node runs need a shared file system; rerun to sample it.")
         with np.load(path) as data:
             chunk, chunk_labels = data["arr_0"], data["arr_1"]
         if images is None:
             images = np.empty((bounds[-1][1], *chunk.shape[1:]), dtype=np.uint8)  # (N, H, W, 3)
         if chunk.shape != (end - start, *images.shape[1:]) or not np.array_equal(chunk_labels, labels[start:end]):
-            raise UsageError(f"chunk file '{path}' does not match this run's sampling plan (samples {start}.."
+            raise UserError(f"chunk file '{path}' does not match this run's sampling plan (samples {start}.."
                              f"{end - 1}, {images.shape[1:]} images). Delete '{chunk_dir}' to sample again.")
         images[start:end] = chunk
     assert images is not None, "no chunks planned"

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gigatok.errors import UserError
 from gigatok.eval.guards import FEATURE_DIM, check_pair, emit_warnings, resolve_purpose
 from gigatok.eval.inception import (
     extract_features,
@@ -49,6 +50,7 @@ from gigatok.eval.metrics import (
     precision_recall,
 )
 from gigatok.eval.npz import npz_info, read_image_batches, read_reference_stats
+from gigatok.infra.io import save_npz_atomic, write_text_atomic
 
 TF_SCRIPT = Path(__file__).with_name("adm_tf_evaluator.py")
 TF_GRAPH_NAME = "classify_image_graph_def.pb"
@@ -61,7 +63,7 @@ _SAME_INTERPRETER = ("", "python")  # the official scripts' default --eval-pytho
 _WEIGHTS_SHA1: dict[tuple[str, int, int], str] = {}
 
 
-class EvaluatorError(ValueError):
+class EvaluatorError(UserError, ValueError):
     """The external (TensorFlow) evaluator cannot be run or failed, or its result file is unusable."""
 
 
@@ -262,18 +264,13 @@ def _read_cache(path: Path, key: str, logger: logging.Logger) -> dict[str, np.nd
 
 
 def _write_cache(path: Path, key: str, arrays: dict[str, np.ndarray], logger: logging.Logger) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        logger.info(f"not caching the reference features ({path.parent} is not writable: {err})")
+    if not os.access(path.parent, os.W_OK):
+        logger.info(f"not caching the reference features ({path.parent} is not writable)")
         return
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), **arrays)
-        os.replace(tmp, path)
+        save_npz_atomic(path, key=np.array(key), **arrays)
         logger.info(f"reference activations/statistics cached in {path}")
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as err:  # a full disk included: the cache is an optimisation, the evaluation goes on
         logger.warning(f"could not write the reference cache {path}: {err}")
 
 
@@ -364,15 +361,6 @@ def format_results(results: dict[str, Any], parseable: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_results(sample_path: str | os.PathLike, results: dict[str, Any]) -> tuple[Path, Path]:
@@ -383,8 +371,8 @@ def write_results(sample_path: str | os.PathLike, results: dict[str, Any]) -> tu
     """
     sample_path = Path(sample_path)
     json_path, txt_path = sample_path.with_suffix(".json"), sample_path.with_suffix(".txt")
-    _atomic_write_text(json_path, json.dumps(results, indent=2, sort_keys=True) + "\n")
-    _atomic_write_text(txt_path, format_results(results, parseable=True))
+    write_text_atomic(json_path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(txt_path, format_results(results, parseable=True))
     return json_path, txt_path
 
 

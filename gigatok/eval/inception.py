@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from gigatok.errors import UserError
 from gigatok.eval.inception_net import NUM_CLASSES, SPATIAL_CHANNELS, FIDInceptionV3
 
 __all__ = ["FIDInceptionV3", "InceptionWeightsError", "InceptionWeightsFormatError", "extract_features",
@@ -43,7 +44,7 @@ HOW_TO_GET = (
 )
 
 
-class InceptionWeightsError(FileNotFoundError):
+class InceptionWeightsError(UserError, FileNotFoundError):
     """No FID Inception weights were found; the message lists the places looked at and how to get them."""
 
 

@@ -37,13 +37,15 @@ import torch
 from scipy import linalg
 from scipy.special import logsumexp
 
+from gigatok.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SQRTM_EPS = 1e-6  # added to both covariances when sqrtm of their product is not finite (ADM/TTUR)
 IMAG_ATOL = 1e-3  # largest diagonal imaginary part of sqrtm that is dropped silently (ADM/TTUR)
 
 
-class FrechetDistanceError(ValueError):
+class FrechetDistanceError(UserError, ValueError):
     """The Frechet distance cannot be computed (mismatched statistics or a clearly complex matrix square root)."""
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +24,16 @@ from typing import IO, Any
 
 import numpy as np
 
+from gigatok.errors import UserError
+from gigatok.infra.io import save_npz_atomic
+
 KINDS = ("generation", "reconstruction", "reference-generation", "reference-reconstruction")
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 _RANGE_PROBE_ROWS = 256  # rows read to describe the value range of a wrong-dtype array in the error message
 _UINT8_HINT = "convert images in [-1, 1] with torch.clamp(127.5 * x + 128, 0, 255).to(torch.uint8) (LlamaGen/GigaTok)"
 
 
-class NpzFormatError(ValueError):
+class NpzFormatError(UserError, ValueError):
     """An `.npz` that is not an ADM image batch (missing, not a zip, no `arr_0`, wrong dtype/layout, ...)."""
 
 
@@ -218,7 +220,7 @@ def read_reference_stats(path: str | os.PathLike) -> dict[str, np.ndarray] | Non
 
 def write_image_npz(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None,
                     kind: str | None = None) -> Path:
-    """Write an ADM image batch atomically (temp file in the same folder, then os.replace).
+    """Write an ADM image batch atomically (`gigatok.infra.io`).
 
     Args:
         path: destination `.npz`.
@@ -244,13 +246,4 @@ def write_image_npz(path: str | os.PathLike, images: np.ndarray, labels: np.ndar
         if kind not in KINDS:
             raise NpzFormatError(f"kind must be one of {KINDS}, got {kind!r}")
         arrays["gigatok_kind"] = np.array(kind)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # a file object: np.savez appends no extra '.npz'
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_npz_atomic(path, **arrays)

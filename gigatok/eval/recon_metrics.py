@@ -29,6 +29,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from gigatok.infra.dist import get_world_size
+from gigatok.infra.io import save_npz_atomic
 
 SSIM_WIN_SIZE = 7  # scikit-image's default for uniform windows
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -275,9 +276,8 @@ class ReconRecords:
         path = Path(path)
         indices = np.fromiter(self.values, dtype=np.int64, count=len(self.values))
         values = np.array([self.values[int(i)] for i in indices], dtype=np.float64).reshape(-1, len(RECORD_FIELDS))
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, indices=indices, values=values, used=self.usage.used.numpy(), run_key=np.array(self.run_key))
-        os.replace(tmp, path)
+        save_npz_atomic(path, indices=indices, values=values, used=self.usage.used.numpy(),
+                        run_key=np.array(self.run_key))
 
     @classmethod
     def load(cls, path: str | os.PathLike, codebook_size: int, run_key: str) -> ReconRecords | None:
@@ -323,14 +323,6 @@ def read_png_images(paths: Sequence[str | os.PathLike], progress: Iterable | Non
     return images_uint8
 
 
-def save_png_atomic(image_uint8: np.ndarray, path: str | os.PathLike) -> None:
-    """Write one (H, W, 3) uint8 image as PNG via a temp file + rename, so a PNG that exists is complete."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image_uint8).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def load_run_records(folder: Path, codebook_size: int, run_key: str, num_images: int) -> ReconRecords:
     """The union of the records an earlier, interrupted run left in `folder` (`records_rank*.npz`, any world
     size), keeping only records made with the same `run_key`. If a recorded image's PNG is missing (or an index is
@@ -371,12 +363,6 @@ def format_recon_results(results: dict) -> str:
     ]
     lines += [f"warning: {w}" for w in results.get("warnings") or []]
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def clear_cache(folder: Path, files: Iterable[Path], protect: Iterable[Path] = ()) -> list[Path]:

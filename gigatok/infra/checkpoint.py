@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from gigatok.errors import UserError
+
 # Classes an official checkpoint may contain besides tensors and plain containers.
 SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 
@@ -21,7 +23,7 @@ SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 WEIGHT_ENTRIES = ("ema", "model", "module", "state_dict")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used: missing, unreadable, or not matching the model."""
 
 
@@ -147,15 +149,3 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
             + f"\n  {hint}"
         )
     module.load_state_dict(state, strict=True, assign=assign)
-
-
-def save_checkpoint_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to `<path>.tmp`, fsync, then `os.replace` so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -1,25 +1,26 @@
-"""The shared ending of every entry point's `main`: user errors become one paragraph and exit code 2."""
+"""The shared ending of every entry point's `main`: a `UserError` becomes one paragraph and exit code 2."""
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from gigatok.errors import UserError
 from gigatok.infra.dist import cleanup, get_rank, get_world_size
 
 T = TypeVar("T")
 
 
-def run_stage(stage: Callable[[], T], user_errors: tuple[type[BaseException], ...]) -> T:
+def run_stage(stage: Callable[[], T]) -> T:
     """Run an entry point's body.
 
-    A user error (one of `user_errors`: bad flags, configs, checkpoints, data) prints `error: <message>`
-    (prefixed with the rank when several run) and exits with code 2, without a traceback; anything else is a bug and
-    keeps its traceback. The process group is torn down either way.
+    A `UserError` (bad flags, configs, checkpoints, data, missing weights) prints `error: <message>` (prefixed with
+    the rank when several run) and exits with code 2, without a traceback; anything else is a bug and keeps its
+    traceback. The process group is torn down either way.
     """
     try:
         result = stage()
-    except user_errors as err:
+    except UserError as err:
         prefix = f"[rank {get_rank()}] " if get_world_size() > 1 else ""
         print(f"{prefix}error: {err}", file=sys.stderr)
         cleanup(synchronize=False)

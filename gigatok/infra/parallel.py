@@ -50,7 +50,9 @@ def parallelize(model: nn.Module, data_parallel: DataParallel = "ddp", *, device
     """
     units = list(model.get_fsdp_wrap_module_list()) if hasattr(model, "get_fsdp_wrap_module_list") else []
     if activation_checkpointing:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+            apply_activation_checkpointing,
+        )
 
         unit_ids = {id(u) for u in units}
         apply_activation_checkpointing(model, check_fn=lambda m: id(m) in unit_ids)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 
 def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -103,16 +102,6 @@ def pair_grid(gt_uint8: np.ndarray, recon_uint8: np.ndarray, pairs_per_row: int,
     return tile(upscale(cells, scale), min(pairs_per_row, len(cells)), padding=2 * scale)
 
 
-def save_png(path: str | os.PathLike, image_uint8: np.ndarray) -> Path:
-    """Write an (H, W, 3) uint8 image as PNG atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(image_uint8).save(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table; floats are printed with 4 significant digits, None as '-'."""
     def cell(value: Any) -> str:
@@ -125,16 +114,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def _value(value: Any, digits: int = 4) -> str:

@@ -43,9 +43,15 @@ from gigatok.infra.checkpoint import (
     extract_state_dict,
     load_state_dict_strict,
     read_checkpoint,
-    save_checkpoint_atomic,
 )
-from gigatok.infra.dist import all_gather_objects, barrier, get_rank, get_world_size, is_main_process
+from gigatok.infra.dist import (
+    all_gather_objects,
+    barrier,
+    get_rank,
+    get_world_size,
+    is_main_process,
+)
+from gigatok.infra.io import torch_save_atomic
 from gigatok.infra.optim import load_optimizer_state
 
 logger = logging.getLogger(__name__)
@@ -236,7 +242,7 @@ def save_training_checkpoint(run_dir: str | os.PathLike, step: int, *, model: nn
         for key in ("optimizer", "optimizer_disc", "scaler", "scaler_disc"):
             if key in ckpt:
                 _check_plain(ckpt[key], f"'{key}'")
-        save_checkpoint_atomic(ckpt, path)
+        torch_save_atomic(ckpt, path)
         logger.info("saved checkpoint %s", path)
     barrier()
     return path

@@ -15,15 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gigatok.infra.checkpoint import CheckpointError, read_checkpoint
+from gigatok.errors import UserError
+from gigatok.infra.checkpoint import read_checkpoint
 from gigatok.infra.cli import run_stage
+from gigatok.infra.io import write_json_atomic, write_text_atomic
 
-
-class ReportError(ValueError):
-    """A report input that exists but cannot be used."""
-
-
-USER_ERRORS = (ReportError, CheckpointError)
 # GPT run settings worth a line in the report (official train_c2i flag names).
 GPT_KEYS = ("gpt_model", "global_batch_size", "lr", "lr_scheduler", "warmup", "fract_decay", "iterations",
             "early_stop_iter", "mixed_precision", "code_path")
@@ -50,9 +46,9 @@ def read_json(path: str | os.PathLike | None) -> dict[str, Any] | None:
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
-        raise ReportError(f"'{path}' is not valid JSON ({err}); re-run the stage that writes it.") from None
+        raise UserError(f"'{path}' is not valid JSON ({err}); re-run the stage that writes it.") from None
     if not isinstance(data, dict):
-        raise ReportError(f"'{path}' holds a JSON {type(data).__name__}, expected an object.")
+        raise UserError(f"'{path}' holds a JSON {type(data).__name__}, expected an object.")
     return data
 
 
@@ -78,11 +74,11 @@ def read_rfid(value: str | None) -> float | None:
         pass
     data = read_json(value)
     if data is None:
-        raise ReportError(f"--rfid '{value}' is neither a number nor an existing JSON file.")
+        raise UserError(f"--rfid '{value}' is neither a number nor an existing JSON file.")
     for key in ("rfid", "fid", "rFID"):
         if key in data:
             return float(data[key])
-    raise ReportError(f"--rfid JSON '{value}' has no 'rfid' / 'fid' entry (keys: {sorted(data)[:10]}).")
+    raise UserError(f"--rfid JSON '{value}' has no 'rfid' / 'fid' entry (keys: {sorted(data)[:10]}).")
 
 
 def checkpoint_summary(path: str | None) -> dict[str, Any] | None:
@@ -141,19 +137,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def report_stage(args: argparse.Namespace) -> dict[str, Any]:
     report = build_report(args)
     out_dir = Path(args.exp_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(report)
-    _write_atomic(out_dir / "ar_probe.json", json.dumps(report, indent=1))
-    _write_atomic(out_dir / "ar_probe.md", markdown)
+    write_json_atomic(out_dir / "ar_probe.json", report)
+    write_text_atomic(out_dir / "ar_probe.md", markdown)
     print(markdown, end="")
     return report
 
@@ -161,7 +151,7 @@ def report_stage(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    run_stage(lambda: report_stage(args), USER_ERRORS)
+    run_stage(lambda: report_stage(args))
 
 
 if __name__ == "__main__":

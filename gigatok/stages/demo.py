@@ -51,8 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from gigatok.config import load_config, to_dict
+from gigatok.errors import UserError
 from gigatok.infra import warm_start
 from gigatok.infra.cli import run_stage
+from gigatok.infra.io import save_png_atomic, write_json_atomic, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER_CONFIG = REPO_ROOT / "configs" / "vq" / "VQ_demo.yaml"
@@ -66,9 +68,6 @@ RECORD_VERSION = 1
 TARGETS = {"heldout_psnr_db": 24.0, "codebook_usage": 0.80, "class_agreement": 0.80,
            "classifier_heldout_accuracy": 0.95}
 
-
-class DemoError(ValueError):
-    """A user error: bad flags, an --out folder that is not the demo's, a stage that failed."""
 
 
 @dataclasses.dataclass
@@ -107,13 +106,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 class StageRunner:
@@ -162,7 +154,7 @@ class StageRunner:
             for path in stage.outputs:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         record = {"key": key, "status": "running", "command": stage.command, "params": stage.params}
-        write_json(record_path, record)
+        write_json_atomic(record_path, record)
         print(f"{header}\n  " + (" ".join(["python", "-m", *stage.command]) if stage.command else "(in-process)"),
               flush=True)
         wall, self_cpu, child_cpu = time.perf_counter(), _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
@@ -176,9 +168,9 @@ class StageRunner:
         wall = time.perf_counter() - wall
         cpu = _cpu(resource.RUSAGE_SELF) - self_cpu + _cpu(resource.RUSAGE_CHILDREN) - child_cpu + warm_cpu
         if stage.artifact() is None:
-            raise DemoError(f"stage '{stage.name}' finished without producing its output; see {log_path}")
+            raise UserError(f"stage '{stage.name}' finished without producing its output; see {log_path}")
         record.update(status="done", stamp=time.time_ns(), wall_s=wall, cpu_s=cpu, reused=False)
-        write_json(record_path, record)
+        write_json_atomic(record_path, record)
         print(f"  done in {wall:.1f} s (CPU {cpu:.1f} s)", flush=True)
         self.records[stage.name] = record
         return record
@@ -208,7 +200,7 @@ class StageRunner:
         if code in (130, -signal.SIGINT):  # Ctrl-C reached the stage first: report it as the interruption it is
             raise KeyboardInterrupt
         if code != 0:
-            raise DemoError(f"stage '{stage.name}' failed (exit code {code}); its output is in {log_path}")
+            raise UserError(f"stage '{stage.name}' failed (exit code {code}); its output is in {log_path}")
         return cpu
 
     def _subprocess(self, stage: Stage, sink: Callable[[bytes], None]) -> int:
@@ -429,7 +421,7 @@ def train_classifier(train_dir: Path, heldout_dir: Path, out: Path, args: argpar
                                       progress=True)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "classifier.pt")
-    write_json(out / "classifier.json", {
+    write_json_atomic(out / "classifier.json", {
         "heldout_accuracy": dc.accuracy(model, heldout_images, heldout_labels),
         "heldout_accuracy_mirrored": dc.accuracy(model, heldout_images[:, :, ::-1].copy(), heldout_labels),
         "per_class": dc.per_class_accuracy(model, heldout_images, heldout_labels),
@@ -510,16 +502,16 @@ def make_figures(plan: Plan, figures: Path) -> dict[str, Path]:
     gt, labels, _ = read_image_folder(plan.heldout)
     pick = np.concatenate([np.flatnonzero(labels == c)[:4] for c in range(NUM_CLASSES)])
     recon = read_png_images([recon_dir / f"{i:06d}.png" for i in pick])
-    made["recon_heldout"] = rep.save_png(figures / "recon_heldout.png", rep.pair_grid(gt[pick], recon, 8, scale=4))
+    made["recon_heldout"] = save_png_atomic(figures / "recon_heldout.png", rep.pair_grid(gt[pick], recon, 8, scale=4))
     photo_dir = first_match(paths.recon / "photos", "*/grid.png").parent
     gt_files = sorted(photo_dir.glob("*_gt.png"))
-    made["recon_photos"] = rep.save_png(figures / "recon_photos.png", rep.pair_grid(
+    made["recon_photos"] = save_png_atomic(figures / "recon_photos.png", rep.pair_grid(
         read_png_images(gt_files), read_png_images([f.with_name(f.name.replace("_gt", "")) for f in gt_files]),
         4, scale=3))
     with np.load(paths.samples / "grids" / "samples.npz") as batch:
         images_uint8, sample_labels = batch["arr_0"], batch["labels"]
     rows = [images_uint8[sample_labels == c][:12] for c in range(NUM_CLASSES)]  # one row per class
-    made["samples"] = rep.save_png(figures / "samples_by_class.png",
+    made["samples"] = save_png_atomic(figures / "samples_by_class.png",
                                    rep.tile(rep.upscale(np.concatenate(rows), 4), len(rows[0])))
     tok = rep.read_metrics_jsonl(paths.runs / "tokenizer" / "metrics.jsonl")
     gpt = rep.read_metrics_jsonl(paths.runs / "gpt" / "metrics.jsonl")
@@ -567,13 +559,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace, out: Path) -> None:
     for name in ("vq_steps", "vq_batch_size", "gpt_steps", "gpt_batch_size", "num_samples", "classifier_epochs"):
         if getattr(args, name) <= 0:
-            raise DemoError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.num_samples < NUM_CLASSES:
-        raise DemoError(f"--num-samples must be at least {NUM_CLASSES} (one per class), got {args.num_samples}")
+        raise UserError(f"--num-samples must be at least {NUM_CLASSES} (one per class), got {args.num_samples}")
     if args.eval_limit is not None and args.eval_limit < NUM_CLASSES:
-        raise DemoError(f"--eval-limit must be at least {NUM_CLASSES} (one per class), got {args.eval_limit}")
+        raise UserError(f"--eval-limit must be at least {NUM_CLASSES} (one per class), got {args.eval_limit}")
     if out.exists() and any(out.iterdir()) and not (out / "stages").is_dir():
-        raise DemoError(f"--out '{out}' is not empty and holds no demo run (no stages/ folder): choose another "
+        raise UserError(f"--out '{out}' is not empty and holds no demo run (no stages/ folder): choose another "
                         "folder, or empty it")
 
 
@@ -605,7 +597,7 @@ def write_report(plan: Plan, stages: list[Stage], records: dict[str, dict[str, A
                        "pipeline_wall_s": sum(r["wall_s"] for r in stage_rows),
                        "pipeline_cpu_s": sum(r["cpu_s"] for r in stage_rows), "invocation_wall_s": wall_s}
     metrics["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "fresh", "until")}
-    rep.write_text_atomic(paths.out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_text_atomic(paths.out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     figures = {name: path.relative_to(paths.out).as_posix()
                for name, path in make_figures(plan, paths.out / "figures").items()}
     grids = {f"class_grid_{c}": f"samples/grids/class_{c}_grid.png" for c in range(NUM_CLASSES)}
@@ -624,7 +616,7 @@ def write_report(plan: Plan, stages: list[Stage], records: dict[str, dict[str, A
     }
     text = rep.render_demo_report(metrics, stage_rows, settings, {**figures, **grids, "metrics": "metrics.json"},
                                   wall_s, LIMITS)
-    return rep.write_text_atomic(paths.out / "report.md", text)
+    return write_text_atomic(paths.out / "report.md", text)
 
 
 def run_demo(args: argparse.Namespace) -> Path:
@@ -639,7 +631,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     stages = build_stages(plan)
     names = [s.name for s in stages]
     if args.until is not None and args.until not in names:
-        raise DemoError(f"--until '{args.until}' is not a stage; choose one of {', '.join(names)}")
+        raise UserError(f"--until '{args.until}' is not a stage; choose one of {', '.join(names)}")
     print(f"GigaTok CPU demo -> {out}\n  FID: {'on' if use_fid else 'off'} ({fid_note})", flush=True)
     if args.rfid and not use_fid:
         print("  --rfid ignored: rFID needs the Inception weights (see the FID line above); the held-out "
@@ -651,7 +643,7 @@ def run_demo(args: argparse.Namespace) -> Path:
             try:
                 runner.run(stage, i, len(stages))
             except KeyboardInterrupt:
-                raise DemoError(f"interrupted during stage '{stage.name}'; run the same command again to resume "
+                raise UserError(f"interrupted during stage '{stage.name}'; run the same command again to resume "
                                 "(finished stages are reused, interrupted ones continue from their checkpoints)"
                                 ) from None
             if stage.name == args.until:
@@ -669,9 +661,8 @@ def run_demo(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    from gigatok.data.demo_data import DemoDataError
 
-    run_stage(lambda: run_demo(args), (DemoError, DemoDataError))
+    run_stage(lambda: run_demo(args))
 
 
 if __name__ == "__main__":

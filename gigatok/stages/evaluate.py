@@ -31,15 +31,10 @@ import argparse
 import os
 import sys
 
-from gigatok.eval.adm import EvaluatorError, evaluate_npz, format_results, write_results
+from gigatok.eval.adm import evaluate_npz, format_results, write_results
 from gigatok.eval.guards import PURPOSES
-from gigatok.eval.inception import InceptionWeightsError
-from gigatok.eval.metrics import FrechetDistanceError
-from gigatok.eval.npz import NpzFormatError
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import setup_logging
-
-USER_ERRORS = (NpzFormatError, InceptionWeightsError, EvaluatorError, FrechetDistanceError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run_stage(lambda: evaluate(args), USER_ERRORS)
+    run_stage(lambda: evaluate(args))
 
 
 if __name__ == "__main__":

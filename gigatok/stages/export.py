@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from gigatok.builders import load_tokenizer
-from gigatok.config import ConfigError, load_config, save_config
+from gigatok.config import ConfigError, load_config, to_yaml
 from gigatok.infra.checkpoint import CheckpointError
+from gigatok.infra.io import atomic_write, write_text_atomic
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -43,13 +44,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def _write(out: Path, state: dict, metadata: dict[str, str]) -> int:
     """model.safetensors, atomically; returns the number of values."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in state.items()}
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", **metadata})
-    tmp.replace(out / "model.safetensors")
+    atomic_write(out / "model.safetensors", lambda f: f.write(save(state, metadata={"format": "pt", **metadata})))
     return sum(v.numel() for v in state.values())
 
 
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out_dir)
     n = _write(out, tokenizer.state_dict(), {"model_cls": config.model.model_cls})
-    save_config(config, out / "config.yaml")
+    write_text_atomic(out / "config.yaml", to_yaml(config))
     print(f"exported {len(tokenizer.state_dict())} tensors ({n / 1e6:.1f}M values) to {out}/model.safetensors "
           "+ config.yaml")
     return 0

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from gigatok.builders import load_tokenizer
-from gigatok.config import ConfigError, load_config
+from gigatok.config import load_config
 from gigatok.data.codes import (
     FAST_HASH_ALGORITHM,
     FORMAT_VERSION,
@@ -41,13 +41,11 @@ from gigatok.data.codes import (
     codes_dtype,
     fast_file_hash,
     file_list_digest,
-    save_json_atomic,
-    save_npy_atomic,
     shard_file_names,
 )
-from gigatok.data.images import ImageDataError
 from gigatok.data.transforms import to_uint8
-from gigatok.infra.checkpoint import CheckpointError, resolve_checkpoint_path
+from gigatok.errors import UserError
+from gigatok.infra.checkpoint import resolve_checkpoint_path
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
     all_gather_objects,
@@ -56,6 +54,7 @@ from gigatok.infra.dist import (
     is_main_process,
     setup_logging,
 )
+from gigatok.infra.io import save_npy_atomic, write_json_atomic
 
 SETTINGS_NAME = "extract_settings.json"
 PROGRESS_DIR = "progress"
@@ -63,11 +62,6 @@ DEBUG_DIR = "debug"
 DEBUG_IMAGES = 8  # --debug decodes the first 8 images of the first shard rank 0 extracts
 
 
-class UsageError(ValueError):
-    """A bad flag or combination of flags."""
-
-
-USER_ERRORS = (UsageError, ConfigError, CheckpointError, CodesError, ImageDataError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,14 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_flags(args: argparse.Namespace) -> None:
     if args.quant_way != "vq":
-        raise UsageError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
+        raise UserError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
     if args.batch_size <= 0 or args.shard_size <= 0 or args.num_workers < 0:
-        raise UsageError("--batch-size and --shard-size must be positive, --num-workers non-negative.")
+        raise UserError("--batch-size and --shard-size must be positive, --num-workers non-negative.")
     if args.ten_crop and args.crop_range < 1.0:
-        raise UsageError(f"--crop-range {args.crop_range} < 1: the ten crops are cut from a center crop of "
+        raise UserError(f"--crop-range {args.crop_range} < 1: the ten crops are cut from a center crop of "
                          "int(image_size * crop_range) pixels, which must be at least image_size (official 1.1).")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
+        raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
 
 
 def on_rank0(fn: Any) -> Any:
@@ -114,7 +108,7 @@ def on_rank0(fn: Any) -> Any:
     if is_main_process():
         try:
             result = ("ok", fn())
-        except USER_ERRORS as err:
+        except UserError as err:
             result = ("error", str(err))
     status, value = all_gather_objects(result)[0]
     if status == "error":
@@ -128,19 +122,19 @@ def prepare_folder(code_path: Path, settings: dict[str, Any], num_shards: int, r
     if settings_file.is_file():
         old = json.loads(settings_file.read_text())
         if not resume:
-            raise UsageError(f"'{code_path}' already holds an extraction. Pass --resume to continue it, or choose "
+            raise UserError(f"'{code_path}' already holds an extraction. Pass --resume to continue it, or choose "
                              "an empty --code-path (delete the folder to start over).")
         changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if changed:
             lines = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            raise UsageError(f"--resume: the settings differ from the extraction in '{code_path}' ({lines}). "
+            raise UserError(f"--resume: the settings differ from the extraction in '{code_path}' ({lines}). "
                              "Use the original settings, or a new --code-path.")
     else:
         if (code_path / META_NAME).exists() or any(code_path.glob("codes_*.npy")):
-            raise UsageError(f"'{code_path}' holds codes without {SETTINGS_NAME}; choose an empty --code-path.")
+            raise UserError(f"'{code_path}' holds codes without {SETTINGS_NAME}; choose an empty --code-path.")
         code_path.mkdir(parents=True, exist_ok=True)
         (code_path / PROGRESS_DIR).mkdir(exist_ok=True)
-        save_json_atomic(settings, settings_file)
+        write_json_atomic(settings_file, settings)
     done = {int(p.stem) for p in (code_path / PROGRESS_DIR).glob("*.json")}
     return [s for s in range(num_shards) if s not in done]
 
@@ -148,10 +142,10 @@ def prepare_folder(code_path: Path, settings: dict[str, Any], num_shards: int, r
 def commit_shard(code_path: Path, shard: int, start: int, codes: np.ndarray, labels: np.ndarray) -> None:
     """Write one shard atomically (tmp files, renames), then its progress marker: the marker means done."""
     codes_name, labels_name = shard_file_names(shard)
-    save_npy_atomic(codes, code_path / codes_name)
-    save_npy_atomic(labels, code_path / labels_name)
-    save_json_atomic({"shard": shard, "start": start, "count": int(len(labels)), "codes": codes_name,
-                      "labels": labels_name}, code_path / PROGRESS_DIR / f"{shard:05d}.json")
+    save_npy_atomic(code_path / codes_name, codes)
+    save_npy_atomic(code_path / labels_name, labels)
+    write_json_atomic(code_path / PROGRESS_DIR / f"{shard:05d}.json", {
+        "shard": shard, "start": start, "count": int(len(labels)), "codes": codes_name, "labels": labels_name})
 
 
 def save_debug_pngs(out_dir: Path, tokenizer: torch.nn.Module, views: torch.Tensor, codes: torch.Tensor,
@@ -201,7 +195,7 @@ def extract(args: argparse.Namespace) -> Path:
     init_args = config.model.init_args
     image_size = args.image_size or init_args.image_size
     if image_size != init_args.image_size:
-        raise UsageError(f"--image-size {image_size} differs from the tokenizer config's image_size "
+        raise UserError(f"--image-size {image_size} differs from the tokenizer config's image_size "
                          f"{init_args.image_size} ('{args.model_config}'); pass --image-size {init_args.image_size}.")
     ckpt_hash = fast_file_hash(resolve_checkpoint_path(args.vq_ckpt)) if args.vq_ckpt else None
 
@@ -272,7 +266,7 @@ def extract(args: argparse.Namespace) -> Path:
     def write_meta() -> int:
         meta = build_meta(args, Path(args.model_config).name, config.model.model_cls, codebook_size, num_tokens,
                           image_size, views, dataset, code_path, ckpt_hash, dtype)
-        save_json_atomic(meta, code_path / META_NAME)
+        write_json_atomic(code_path / META_NAME, meta)
         return len(meta["shards"])
 
     written = on_rank0(write_meta)
@@ -284,7 +278,7 @@ def extract(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    run_stage(lambda: extract(args), USER_ERRORS)
+    run_stage(lambda: extract(args))
 
 
 if __name__ == "__main__":

@@ -17,18 +17,13 @@ from typing import Any
 import torch
 
 from gigatok.builders import load_tokenizer
-from gigatok.config import ConfigError
-from gigatok.data.images import ImageDataError
 from gigatok.engine.linear_probe import (
-    ProbeError,
     add_probe_arguments,
     run_probe,
     start_probe_stage,
 )
-from gigatok.infra.checkpoint import CheckpointError
+from gigatok.errors import UserError
 from gigatok.infra.cli import run_stage
-
-USER_ERRORS = (ProbeError, ConfigError, CheckpointError, ImageDataError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,18 +53,18 @@ def tokenizer_features_fn(tokenizer: torch.nn.Module, mode: str, num_code: int |
 def probe(args: argparse.Namespace) -> dict[str, Any]:
     """The tokenizer linear-probe stage; returns the val results."""
     if args.fix_dim and args.from_decoder:
-        raise ProbeError("--fix-dim (encoder features) and --from-decoder exclude each other; pass one.")
+        raise UserError("--fix-dim (encoder features) and --from-decoder exclude each other; pass one.")
     dist_info, config, image_size = start_probe_stage(args)
     mode = "decoder" if args.from_decoder else "fix_dim" if args.fix_dim else "encoder"
     if mode == "decoder" and config.model.init_args.distill_depth is None:
-        raise ProbeError(f"--from-decoder probes decoder layer distill_depth, but '{args.model_config}' sets no "
+        raise UserError(f"--from-decoder probes decoder layer distill_depth, but '{args.model_config}' sets no "
                          "model.init_args.distill_depth.")
     tokenizer = load_tokenizer(args.vq_ckpt, config, device=dist_info.device).requires_grad_(False)
     if mode != "decoder":
         del tokenizer.decoder  # the pixel decoder is never used by encoder features
     one_d = config.model.model_cls == "VQVitModelPlus"
     if args.num_code is not None and not (one_d and mode != "decoder" and 1 <= args.num_code <= tokenizer.num_tokens):
-        raise ProbeError(f"--num-code selects the first 1..{tokenizer.num_tokens} latent tokens of a 1D tokenizer's "
+        raise UserError(f"--num-code selects the first 1..{tokenizer.num_tokens} latent tokens of a 1D tokenizer's "
                          "encoder features; it does not apply to 2D tokenizers or --from-decoder.")
     describe = {"trunk": "tokenizer", "vq_ckpt": args.vq_ckpt, "model_config": args.model_config, "mode": mode,
                 "num_code": args.num_code or tokenizer.num_tokens, "pooling": "mean over tokens"}
@@ -80,7 +75,7 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    run_stage(lambda: probe(args), USER_ERRORS)
+    run_stage(lambda: probe(args))
 
 
 if __name__ == "__main__":

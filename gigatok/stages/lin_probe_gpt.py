@@ -21,25 +21,19 @@ from typing import Any
 
 import torch
 
-from gigatok.builders import load_tokenizer
-from gigatok.builders import load_gpt, recorded_gpt_fields
-from gigatok.config import ConfigError
-from gigatok.data.images import ImageDataError
+from gigatok.builders import load_gpt, load_tokenizer, recorded_gpt_fields
 from gigatok.engine.linear_probe import (
-    ProbeError,
     add_probe_arguments,
     run_probe,
     start_probe_stage,
 )
+from gigatok.errors import UserError
 from gigatok.gpt.model import GPT, GPT_MODELS
 from gigatok.infra.checkpoint import (
-    CheckpointError,
     read_checkpoint,
     resolve_checkpoint_path,
 )
 from gigatok.infra.cli import run_stage
-
-USER_ERRORS = (ProbeError, ConfigError, CheckpointError, ImageDataError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,11 +64,11 @@ def load_frozen_gpt(args: argparse.Namespace, vocab_size: int, block_size: int, 
         size = args.gpt_model
     gpt = load_gpt(ckpt, size, use_ema=args.ema, device=device, **fields)
     if (gpt.config.vocab_size, gpt.config.block_size) != (vocab_size, block_size):
-        raise ProbeError(f"the GPT '{args.gpt_ckpt}' models {gpt.config.block_size} codes from a vocabulary of "
+        raise UserError(f"the GPT '{args.gpt_ckpt}' models {gpt.config.block_size} codes from a vocabulary of "
                          f"{gpt.config.vocab_size}, but the tokenizer '{args.model_config}' gives {block_size} "
                          f"codes from {vocab_size}: pass the tokenizer the GPT was trained on.")
     if not gpt.has_null_class:
-        raise ProbeError(f"the GPT '{args.gpt_ckpt}' has no null class (class_dropout_prob 0), which the probe "
+        raise UserError(f"the GPT '{args.gpt_ckpt}' has no null class (class_dropout_prob 0), which the probe "
                          "feeds instead of the label; train it with class dropout > 0.")
     return gpt.eval().requires_grad_(False)
 
@@ -95,7 +89,7 @@ def gpt_features_fn(tokenizer: torch.nn.Module, gpt: GPT, num_code: int, n_layer
 def probe(args: argparse.Namespace) -> dict[str, Any]:
     """The GPT linear-probe stage; returns the val results."""
     if args.adaLN or args.simple_adaLN:
-        raise ProbeError("--adaLN / --simple-adaLN are not supported: no released GPT uses adaptive LayerNorm.")
+        raise UserError("--adaLN / --simple-adaLN are not supported: no released GPT uses adaptive LayerNorm.")
     resolve_checkpoint_path(args.gpt_ckpt)  # a missing file fails before any model is built
     dist_info, config, image_size = start_probe_stage(args)
     tokenizer = load_tokenizer(args.vq_ckpt, config, device=dist_info.device).requires_grad_(False)
@@ -106,9 +100,9 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     num_code = args.num_code or tokenizer.num_tokens
     n_layer = gpt.config.n_layer // 2 if args.n_layer is None else args.n_layer
     if not 1 <= num_code <= tokenizer.num_tokens:
-        raise ProbeError(f"--num-code {num_code} must be in [1, {tokenizer.num_tokens}] (codes per image).")
+        raise UserError(f"--num-code {num_code} must be in [1, {tokenizer.num_tokens}] (codes per image).")
     if not 0 <= n_layer <= gpt.config.n_layer:
-        raise ProbeError(f"--n-layer {n_layer} must be in [0, {gpt.config.n_layer}] (GPT blocks).")
+        raise UserError(f"--n-layer {n_layer} must be in [0, {gpt.config.n_layer}] (GPT blocks).")
     describe = {"trunk": "gpt", "gpt_ckpt": args.gpt_ckpt, "vq_ckpt": args.vq_ckpt, "layer": n_layer,
                 "n_layer": gpt.config.n_layer, "num_code": num_code, "dim": gpt.config.dim, "ema": args.ema,
                 "pooling": "mean over class slot + num_code - 1 codes, null class"}
@@ -121,7 +115,7 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    run_stage(lambda: probe(args), USER_ERRORS)
+    run_stage(lambda: probe(args))
 
 
 if __name__ == "__main__":

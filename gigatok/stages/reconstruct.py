@@ -46,13 +46,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from gigatok.builders import load_tokenizer
-from gigatok.config import ConfigError, VQConfig, load_config
-from gigatok.data.images import ImageDataError, ImageFolderDataset
+from gigatok.config import VQConfig, load_config
+from gigatok.data.images import ImageFolderDataset
 from gigatok.data.transforms import to_uint8
-from gigatok.eval.adm import EvaluatorError, check_evaluator, evaluate_npz
+from gigatok.errors import UserError
+from gigatok.eval.adm import check_evaluator, evaluate_npz
 from gigatok.eval.guards import check_pair, emit_warnings
-from gigatok.eval.inception import InceptionWeightsError
-from gigatok.eval.npz import NpzFormatError, npz_info, write_image_npz
+from gigatok.eval.npz import npz_info, write_image_npz
 from gigatok.eval.recon_metrics import (
     OFFICIAL_SSIM_DATA_RANGE,
     ReconRecords,
@@ -61,11 +61,8 @@ from gigatok.eval.recon_metrics import (
     load_run_records,
     psnr_batch,
     read_png_images,
-    save_png_atomic,
     ssim_batch,
-    write_text_atomic,
 )
-from gigatok.infra.checkpoint import CheckpointError
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
     DistInfo,
@@ -76,6 +73,7 @@ from gigatok.infra.dist import (
     is_main_process,
     setup_logging,
 )
+from gigatok.infra.io import save_png_atomic, write_text_atomic
 from gigatok.tokenizer.perceptual import (
     LPIPS,
     LPIPSWeightsError,
@@ -89,12 +87,6 @@ RECORDS_SAVE_SECONDS = 60.0  # how often each rank saves its per-image metrics (
 VAL_HINT = "bash scripts/val.sh --data-path VAL --sample-dir DIR"
 
 
-class UsageError(ValueError):
-    """A bad combination of command-line flags, or a missing input file named by one."""
-
-
-USER_ERRORS = (UsageError, ConfigError, CheckpointError, ImageDataError, LPIPSWeightsError, InceptionWeightsError,
-               NpzFormatError, EvaluatorError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,16 +153,16 @@ def make_grid(pairs: list[tuple[int, np.ndarray, np.ndarray]]) -> np.ndarray:
 def check_flags(args: argparse.Namespace) -> tuple[VQConfig, Path]:
     """Flag checks shared by both modes (before any expensive work); returns the config and the output folder."""
     if args.quant_way != "vq":
-        raise UsageError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
+        raise UserError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
+        raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
     if args.image_size <= 0 or args.per_proc_batch_size <= 0 or args.num_workers < 0:
-        raise UsageError("--image-size and --per-proc-batch-size must be positive, --num-workers non-negative.")
+        raise UserError("--image-size and --per-proc-batch-size must be positive, --num-workers non-negative.")
     config = load_config(args.model_config)
     config_size = config.model.init_args.image_size
     if args.image_size != config_size:
         if not args.interpolate_pos_embed:
-            raise UsageError(
+            raise UserError(
                 f"--image-size {args.image_size} differs from the config's image_size {config_size} "
                 f"('{args.model_config}'). The tokenizer's positional tables are trained for {config_size} px: "
                 f"pass --image-size {config_size}, or add --interpolate-pos-embed to resize them (quality may drop)."
@@ -293,7 +285,7 @@ def check_reference(args: argparse.Namespace) -> dict[str, Any]:
     """The rFID reference must exist and hold images before anything is reconstructed; returns its `npz_info`."""
     gt_npz = Path(args.gt_npz_path)
     if not gt_npz.is_file():
-        raise UsageError(
+        raise UserError(
             f"rFID reference not found: --gt-npz-path '{gt_npz}'. Build it from the same validation images "
             f"(center-cropped to {args.image_size_eval} px, shuffled) with `{VAL_HINT}`, then pass "
             f"--gt-npz-path DIR/val_{'coco' if args.dataset == 'coco' else 'imagenet'}.npz."
@@ -304,7 +296,7 @@ def check_reference(args: argparse.Namespace) -> dict[str, Any]:
 def merge_results(results_path: Path) -> Path:
     """--merge: print and rewrite the .txt summary of a finished run from its .json, recomputing nothing."""
     if not results_path.is_file():
-        raise UsageError(f"--merge re-reads the results of a finished run, but '{results_path}' does not exist: "
+        raise UserError(f"--merge re-reads the results of a finished run, but '{results_path}' does not exist: "
                          "run the same command without --merge first.")
     results = json.loads(results_path.read_text())
     init_distributed("cpu")  # only to know the rank: rank 0 writes
@@ -397,7 +389,7 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
         gt = (images.float().permute(0, 2, 3, 1).cpu().numpy() + 1.0) / 2.0  # (B, S, S, 3)
         ssim = ssim_batch(restored, gt, data_ranges=(OFFICIAL_SSIM_DATA_RANGE, 1.0))  # (B, 2)
         for i, idx in enumerate(indices.tolist()):
-            save_png_atomic(recon_uint8[i], out_dir / f"{idx:06d}.png")
+            save_png_atomic(out_dir / f"{idx:06d}.png", recon_uint8[i])
         records.add_batch(indices.tolist(), psnr_batch(restored, gt, data_range=1.0), ssim[:, 0], ssim[:, 1], lpips,
                           codes)
         if time.monotonic() - last_save > RECORDS_SAVE_SECONDS:
@@ -449,7 +441,7 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    run_stage(lambda: reconstruct(args), USER_ERRORS)
+    run_stage(lambda: reconstruct(args))
 
 
 if __name__ == "__main__":

@@ -40,26 +40,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from gigatok.config import VQConfig, load_config
-from gigatok.eval.adm import (
-    EvaluatorError,
-    check_evaluator,
-    evaluate_npz,
-    format_results,
-    read_results_txt,
-    write_results,
-)
-from gigatok.eval.inception import InceptionWeightsError
-from gigatok.eval.npz import NpzFormatError, npz_info, write_image_npz
-from gigatok.infra.cli import run_stage
-from gigatok.infra.dist import init_distributed, setup_logging
 from gigatok.engine.sampling import (
-    USER_ERRORS as SAMPLER_ERRORS,
-)
-from gigatok.engine.sampling import (
-    UsageError,
     add_sampler_args,
     append_csv_row,
-    atomic_write,
     cfg_schedule_kwargs,
     check_checkpoint_files,
     check_sampler_flags,
@@ -77,8 +60,19 @@ from gigatok.engine.sampling import (
     save_chunk,
     uniform_class_labels,
 )
+from gigatok.errors import UserError
+from gigatok.eval.adm import (
+    check_evaluator,
+    evaluate_npz,
+    format_results,
+    read_results_txt,
+    write_results,
+)
+from gigatok.eval.npz import npz_info, write_image_npz
+from gigatok.infra.cli import run_stage
+from gigatok.infra.dist import init_distributed, setup_logging
+from gigatok.infra.io import write_json_atomic
 
-USER_ERRORS = (*SAMPLER_ERRORS, InceptionWeightsError, NpzFormatError, EvaluatorError)
 DEFAULT_GT_NPZ = "VIRTUAL_imagenet256_labeled.npz"
 GT_NPZ_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
               "VIRTUAL_imagenet256_labeled.npz")
@@ -125,13 +119,13 @@ def check_flags(args: argparse.Namespace) -> list[str]:
     """Reject bad flags before any work; returns warnings for accepted flags that do nothing here."""
     check_sampler_flags(args)
     if args.num_fid_samples <= 0:
-        raise UsageError(f"--num-fid-samples must be positive, got {args.num_fid_samples}.")
+        raise UserError(f"--num-fid-samples must be positive, got {args.num_fid_samples}.")
     if args.num_classes <= 0:
-        raise UsageError(f"--num-classes must be positive, got {args.num_classes}.")
+        raise UserError(f"--num-classes must be positive, got {args.num_classes}.")
     if args.search and (args.no_eval or args.time_cnt_only):
-        raise UsageError("--search needs the FID of every scale: drop --no-eval / --time-cnt-only.")
+        raise UserError("--search needs the FID of every scale: drop --no-eval / --time-cnt-only.")
     if args.search and args.cfg_schedule not in SEARCH_SCHEDULES:
-        raise UsageError(f"--search supports --cfg-schedule {', '.join(SEARCH_SCHEDULES)} (as officially), "
+        raise UserError(f"--search supports --cfg-schedule {', '.join(SEARCH_SCHEDULES)} (as officially), "
                          f"got '{args.cfg_schedule}'.")
     unused = {  # flag -> (given, why it does nothing)
         "--merge": (args.merge, ""),
@@ -153,7 +147,7 @@ def check_tokenizer_flags(args: argparse.Namespace, config: VQConfig) -> None:
     for flag, given, actual in [("--codebook-size", args.codebook_size, init.codebook_size),
                                 ("--codebook-embed-dim", args.codebook_embed_dim, init.codebook_embed_dim)]:
         if given is not None and given != actual:
-            raise UsageError(f"{flag} {given} differs from the tokenizer config's {actual} ('{args.tok_config}'); "
+            raise UserError(f"{flag} {given} differs from the tokenizer config's {actual} ('{args.tok_config}'); "
                              "omit the flag, the config decides.")
 
 
@@ -161,7 +155,7 @@ def check_evaluation_inputs(args: argparse.Namespace, image_size_eval: int) -> l
     """Everything the evaluation needs exists, checked before any sampling; returns warnings."""
     gt = Path(args.gt_npz_path).expanduser()
     if not gt.is_file():
-        raise UsageError(
+        raise UserError(
             f"reference batch --gt-npz-path '{args.gt_npz_path}' not found. gFID compares against OpenAI's ADM "
             f"reference batch for ImageNet 256x256: download {GT_NPZ_URL} (from guided-diffusion's evaluations/"
             "README) and pass its path, or pass --no-eval to only sample.")
@@ -238,7 +232,7 @@ def check_plan(plan_file: Path, plan: dict[str, Any], sample_dir: Path) -> None:
     if old != plan:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {plan.get(k)!r}" for k in sorted(set(old) | set(plan))
                          if old.get(k) != plan.get(k))
-        raise UsageError(f"'{sample_dir}' holds samples or results of other settings ({diff}; recorded in "
+        raise UserError(f"'{sample_dir}' holds samples or results of other settings ({diff}; recorded in "
                          f"'{plan_file}'). Use another --sample-dir, or delete '{sample_dir}' and its .npz / .txt / "
                          ".json / .plan.json to start over.")
 
@@ -344,7 +338,7 @@ def run_scale(run: Run, cfg_scale: float) -> dict[str, Any] | None:
         run.logger.info("results exist; not sampling again")
     else:
         if run.main:
-            atomic_write(plan_file, lambda f: f.write(json.dumps(plan, indent=2).encode()))
+            write_json_atomic(plan_file, plan, indent=2)
         labels = uniform_class_labels(args.num_fid_samples, args.num_classes)  # (N,) int64
         tic = time.perf_counter()
         seconds = sample_chunks(run, args, sample_dir / "chunks", labels)
@@ -495,7 +489,7 @@ def body(args: argparse.Namespace) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    return run_stage(lambda: body(args), USER_ERRORS)
+    return run_stage(lambda: body(args))
 
 
 if __name__ == "__main__":

@@ -25,17 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from gigatok.config import load_config
-from gigatok.infra.cli import run_stage
-from gigatok.infra.dist import (
-    all_gather_objects,
-    barrier,
-    init_distributed,
-    is_main_process,
-    setup_logging,
-)
 from gigatok.engine.sampling import (
-    USER_ERRORS,
-    UsageError,
     add_sampler_args,
     cfg_schedule_kwargs,
     check_checkpoint_files,
@@ -44,6 +34,15 @@ from gigatok.engine.sampling import (
     load_models,
     resolve_dtype,
     resolve_image_sizes,
+)
+from gigatok.errors import UserError
+from gigatok.infra.cli import run_stage
+from gigatok.infra.dist import (
+    all_gather_objects,
+    barrier,
+    init_distributed,
+    is_main_process,
+    setup_logging,
 )
 
 GRID_COLUMNS = 6  # official: every grid has 6 columns and 2 px black padding (torchvision make_grid)
@@ -80,14 +79,14 @@ def check_flags(args: argparse.Namespace) -> None:
     """Reject unsupported or inconsistent flags before any model is built."""
     check_sampler_flags(args)
     if args.qual_num <= 0:
-        raise UsageError(f"--qual-num must be positive, got {args.qual_num}.")
+        raise UserError(f"--qual-num must be positive, got {args.qual_num}.")
     if not args.class_idx:
-        raise UsageError("--class-idx is empty: pass classes like '22,388,90,978'.")
+        raise UserError("--class-idx is empty: pass classes like '22,388,90,978'.")
     if len(set(args.class_idx)) != len(args.class_idx):
-        raise UsageError(f"--class-idx lists a class twice ({args.class_idx}); list each class once.")
+        raise UserError(f"--class-idx lists a class twice ({args.class_idx}); list each class once.")
     bad = [c for c in args.class_idx if not 0 <= c < args.num_classes]
     if bad:
-        raise UsageError(f"--class-idx {bad} outside [0, --num-classes={args.num_classes}).")
+        raise UserError(f"--class-idx {bad} outside [0, --num-classes={args.num_classes}).")
 
 
 def plan_work(classes: list[int], per_class: int, batch_size: int) -> list[WorkUnit]:
@@ -197,7 +196,7 @@ def save_outputs(out_dir: Path, images_uint8: np.ndarray, labels: np.ndarray, cl
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    run_stage(lambda: sample(args), USER_ERRORS)
+    run_stage(lambda: sample(args))
 
 
 if __name__ == "__main__":

@@ -34,14 +34,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from gigatok.builders import build_gpt_config
-from gigatok.config import ConfigError, load_config
+from gigatok.config import load_config
 from gigatok.data.codes import CodeDataset, CodesError, check_meta, fast_file_hash
 from gigatok.data.sampler import ResumableDistributedSampler
+from gigatok.errors import UserError
 from gigatok.gpt.config import GPTConfig
 from gigatok.gpt.model import GPT, GPT_MODELS
 from gigatok.infra.checkpoint import CheckpointError
 from gigatok.infra.cli import run_stage
-from gigatok.infra.dist import cpu_bf16_warning, init_distributed, is_main_process, setup_logging
+from gigatok.infra.dist import (
+    cpu_bf16_warning,
+    init_distributed,
+    is_main_process,
+    setup_logging,
+)
 from gigatok.infra.ema import EMA
 from gigatok.infra.logging import MetricsLogger, NonFiniteGuard, reduce_metrics
 from gigatok.infra.optim import build_adamw
@@ -61,11 +67,6 @@ SCHEDULE_NAMES = {"const": "constant", "cosine": "cosine_v2", "wsd": "wsd"}  # o
 EMA_DECAY = 0.9999
 
 
-class UsageError(ValueError):
-    """A bad flag or combination of flags."""
-
-
-USER_ERRORS = (UsageError, ConfigError, CheckpointError, CodesError)
 
 
 def _optional_int(text: str) -> int | None:
@@ -138,24 +139,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_flags(args: argparse.Namespace) -> None:
     """Reject unsupported or inconsistent flags before any work."""
     if args.dataset != "imagenet_code":
-        raise UsageError("--dataset imagenet (tokenizing images on the fly) is not supported: extract codes first "
+        raise UserError("--dataset imagenet (tokenizing images on the fly) is not supported: extract codes first "
                          "(scripts/extract_code_c2i.sh) and train with --dataset imagenet_code --code-path <codes>.")
     if args.gpt_type != "c2i" or args.quant_way != "vq":
-        raise UsageError("only class-conditional GPTs (--gpt-type c2i) on VQ codes (--quant-way vq) are supported.")
+        raise UserError("only class-conditional GPTs (--gpt-type c2i) on VQ codes (--quant-way vq) are supported.")
     if args.adaLN or args.simple_adaLN:
-        raise UsageError("--adaLN / --simple-adaLN are not supported: no released GPT uses adaptive LayerNorm.")
+        raise UserError("--adaLN / --simple-adaLN are not supported: no released GPT uses adaptive LayerNorm.")
     if args.rope and args.gpt_2d:
-        raise UsageError("--rope (1D RoPE) and --gpt-2d (LlamaGen 2D RoPE) exclude each other; pass one.")
+        raise UserError("--rope (1D RoPE) and --gpt-2d (LlamaGen 2D RoPE) exclude each other; pass one.")
     if args.compile and args.no_compile:
-        raise UsageError("--compile and --no-compile exclude each other.")
+        raise UserError("--compile and --no-compile exclude each other.")
     if args.ema and args.data_parallel == "fsdp":
-        raise UsageError("--ema is not supported with --data-parallel fsdp (the official FSDP trainer ignores it "
+        raise UserError("--ema is not supported with --data-parallel fsdp (the official FSDP trainer ignores it "
                          "too); drop --ema or use ddp.")
     for name in ("iterations", "global_batch_size", "log_every", "ckpt_every", "gradient_accumulation_steps"):
         if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
+        raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
 
 
 def tokens_of_tok_config(path: str) -> tuple[int, int]:
@@ -307,7 +308,7 @@ def make_gpt_config(args: argparse.Namespace, vocab_size: int, block_size: int, 
             token_dropout_p=args.token_dropout_p, resid_dropout_p=args.dropout_p, ffn_dropout_p=args.dropout_p,
             drop_path_rate=args.drop_path_rate, use_qk_norm=args.qk_norm)
     except ValueError as err:
-        raise UsageError(f"cannot build {args.gpt_model}: {err}") from None
+        raise UserError(f"cannot build {args.gpt_model}: {err}") from None
 
 
 def resume(path: Path, data_parallel: str, model: torch.nn.Module, ema: EMA | None,
@@ -399,12 +400,12 @@ def train(args: argparse.Namespace) -> Path:
     accum = args.gradient_accumulation_steps
     micro_batch_size = args.global_batch_size // (world_size * accum)
     if micro_batch_size * world_size * accum != args.global_batch_size:
-        raise UsageError(f"--global-batch-size {args.global_batch_size} is not divisible by world size {world_size} "
+        raise UserError(f"--global-batch-size {args.global_batch_size} is not divisible by world size {world_size} "
                          f"x --gradient-accumulation-steps {accum}.")
     sampler = ResumableDistributedSampler(dataset, shuffle=True, seed=args.global_seed, drop_last=True)
     steps_per_epoch = sampler.num_samples // (micro_batch_size * accum)
     if steps_per_epoch == 0:
-        raise UsageError(f"{len(dataset)} samples are fewer than one global batch of {args.global_batch_size}.")
+        raise UserError(f"{len(dataset)} samples are fewer than one global batch of {args.global_batch_size}.")
     num_workers = min(args.num_workers, max((os.cpu_count() or 1) // world_size, 1))
     # A private generator for the worker seeds: creating an iterator must not draw from the global torch RNG,
     # or a resumed run's dropout stream would differ from the uninterrupted one.
@@ -433,7 +434,7 @@ def train(args: argparse.Namespace) -> Path:
                                   end_lr=args.end_lr if schedule == "cosine_v2" else 0.0,
                                   fract_decay=args.fract_decay)
     except ValueError as err:
-        raise UsageError(f"--lr-scheduler {args.lr_scheduler}: {err}") from None
+        raise UserError(f"--lr-scheduler {args.lr_scheduler}: {err}") from None
     hold = args.iterations - int(args.fract_decay * args.iterations) if schedule == "wsd" else None
     cd_dir = run_dir / "cd_records" / f"cd_fract_{args.fract_decay}_to_{args.iterations}" if hold is not None else None
 
@@ -525,7 +526,7 @@ def train(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    run_stage(lambda: train(args), USER_ERRORS)
+    run_stage(lambda: train(args))
 
 
 if __name__ == "__main__":

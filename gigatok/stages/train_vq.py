@@ -36,14 +36,21 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gigatok.builders import build_tokenizer
-from gigatok.config import ConfigError, VQConfig, config_from_dict, load_config, parse_overrides, save_config, to_dict
-from gigatok.data.images import ImageDataError
+from gigatok.config import (
+    ConfigError,
+    VQConfig,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+    to_dict,
+    to_yaml,
+)
 from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.data.train_images import TrainImageDataset
 from gigatok.data.transforms import to_uint8
-from gigatok.infra.checkpoint import CheckpointError
-from gigatok.infra.codebook_stats import CodebookUsageTracker
+from gigatok.errors import UserError
 from gigatok.infra.cli import run_stage
+from gigatok.infra.codebook_stats import CodebookUsageTracker
 from gigatok.infra.dist import (
     DistInfo,
     barrier,
@@ -55,7 +62,13 @@ from gigatok.infra.dist import (
     setup_logging,
 )
 from gigatok.infra.ema import EMA
-from gigatok.infra.logging import WANDB_MODES, MetricsLogger, NonFiniteGuard, reduce_metrics
+from gigatok.infra.io import write_text_atomic
+from gigatok.infra.logging import (
+    WANDB_MODES,
+    MetricsLogger,
+    NonFiniteGuard,
+    reduce_metrics,
+)
 from gigatok.infra.optim import DECAY_POLICIES, build_adamw, load_optimizer_state
 from gigatok.infra.parallel import parallelize, unwrap
 from gigatok.infra.run_state import (
@@ -69,19 +82,12 @@ from gigatok.infra.run_state import (
 )
 from gigatok.infra.schedules import SCHEDULES, build_lr_schedule, set_lr
 from gigatok.tokenizer.losses import TokenizerLoss
-from gigatok.tokenizer.perceptual import LPIPSWeightsError
-from gigatok.tokenizer.teacher import TeacherWeightsError
 
 logger = logging.getLogger("gigatok")
 
 PREVIEW_IMAGES = 8
 
 
-class UsageError(ValueError):
-    """A bad combination of command-line flags or run settings."""
-
-
-USER_ERRORS = (UsageError, ConfigError, ImageDataError, CheckpointError, LPIPSWeightsError, TeacherWeightsError)
 
 # Official flags that set a config field: argparse dest -> dotted config key(s). The loss flags and
 # --gradient-accumulation-steps are parsed but ignored by the official trainer; here they override the YAML.
@@ -183,10 +189,10 @@ def resolve_config(args: argparse.Namespace, overrides: list[str]) -> tuple[VQCo
     """YAML < official flags < `--section.key=value` overrides. Returns the config and one report line per
     changed setting."""
     if args.data_face_path is not None or args.json_path is not None:
-        raise UsageError("--data-face-path and --json-path (official face data / json image lists) are not supported: "
+        raise UserError("--data-face-path and --json-path (official face data / json image lists) are not supported: "
                          "pass an image folder with --data-path")
     if args.data_parallel in ("sdp", "hsdp"):
-        raise UsageError(f"--data-parallel {args.data_parallel} is not supported: use ddp or fsdp (full sharding)")
+        raise UserError(f"--data-parallel {args.data_parallel} is not supported: use ddp or fsdp (full sharding)")
     yaml_config = load_config(args.model_config)
     in_file = OmegaConf.load(args.model_config)  # to tell the file's values from dataclass defaults
     resolved = OmegaConf.create(to_dict(yaml_config))
@@ -232,19 +238,19 @@ def plan_run(config: VQConfig, world_size: int) -> RunPlan:
     """Check the run settings (user errors name the flag to fix) and derive the plan."""
     t = config.trainer
     if t.iterations is None or t.iterations <= 0:
-        raise UsageError("the number of training steps is not set: pass --iterations N (official recipes: "
+        raise UserError("the number of training steps is not set: pass --iterations N (official recipes: "
                          "epochs * 5000 * 256 / global batch size, e.g. 1,000,000 for S-S at batch 128)")
     if t.global_batch_size is None or t.global_batch_size <= 0:
-        raise UsageError("the global batch size is not set: pass --global-batch-size or set trainer.global_batch_size")
+        raise UserError("the global batch size is not set: pass --global-batch-size or set trainer.global_batch_size")
     if not t.data_path:
-        raise UsageError("no training data: pass --data-path (an ImageNet-style folder such as ILSVRC2012_img_train/)")
+        raise UserError("no training data: pass --data-path (an ImageNet-style folder such as ILSVRC2012_img_train/)")
     if not os.path.isdir(t.data_path):
-        raise UsageError(f"--data-path '{t.data_path}' does not exist or is not a folder")
+        raise UserError(f"--data-path '{t.data_path}' does not exist or is not a folder")
     if t.dataset != "imagenet":
-        raise UsageError(f"--dataset {t.dataset} is not supported: use imagenet (any ImageFolder or flat image folder)")
+        raise UserError(f"--dataset {t.dataset} is not supported: use imagenet (any ImageFolder or flat image folder)")
     accum = t.grad_accum_steps
     if accum < 1 or t.global_batch_size % (world_size * accum):
-        raise UsageError(f"--global-batch-size {t.global_batch_size} must be a multiple of world size {world_size} x "
+        raise UserError(f"--global-batch-size {t.global_batch_size} must be a multiple of world size {world_size} x "
                          f"gradient accumulation steps {accum}")
     checks = {"trainer.mixed_precision": (t.mixed_precision, ("none", "fp16", "bf16")),
               "trainer.data_parallel": (t.data_parallel, ("ddp", "fsdp", "none")),
@@ -254,19 +260,19 @@ def plan_run(config: VQConfig, world_size: int) -> RunPlan:
               "trainer.decay_policy": (t.decay_policy, (None,) + DECAY_POLICIES)}
     for key, (value, allowed) in checks.items():
         if value not in allowed:
-            raise UsageError(f"{key} '{value}' is not one of {[a for a in allowed if a is not None]}")
+            raise UserError(f"{key} '{value}' is not one of {[a for a in allowed if a is not None]}")
     if min(t.log_every, t.ckpt_every, t.keep_last, t.milestone_step) < 1:
-        raise UsageError("--log-every, --ckpt-every, keep_last and --milestone-step must be >= 1")
+        raise UserError("--log-every, --ckpt-every, keep_last and --milestone-step must be >= 1")
     if t.data_parallel == "none" and world_size > 1:
-        raise UsageError("trainer.data_parallel none runs one process: launch without torchrun, or use ddp/fsdp")
+        raise UserError("trainer.data_parallel none runs one process: launch without torchrun, or use ddp/fsdp")
     data_parallel = t.data_parallel if torch.distributed.is_initialized() else "none"  # no torchrun: one process
     if t.ema and data_parallel == "fsdp":
-        raise UsageError("--ema is not supported with --data-parallel fsdp (sharded weights); use ddp or drop --ema")
+        raise UserError("--ema is not supported with --data-parallel fsdp (sharded weights); use ddp or drop --ema")
     if t.wandb_mode != "disabled":  # checked on every rank, so that all of them stop
         import importlib.util
 
         if importlib.util.find_spec("wandb") is None:
-            raise UsageError("W&B logging is on (the official default) but the 'wandb' package is not installed: "
+            raise UserError("W&B logging is on (the official default) but the 'wandb' package is not installed: "
                              "`pip install wandb`, or pass --no-wandb")
     stop = t.iterations if t.early_stop_iter is None else min(t.early_stop_iter, t.iterations)
     dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[t.mixed_precision]
@@ -424,8 +430,11 @@ def save_checkpoint(run_dir: Path, step: int, parts: StepParts, config: VQConfig
     """Collective: full state dicts (gathered under FSDP), rank 0 writes, then old checkpoints are pruned."""
     model_state, optim_state = parts.model, parts.optimizer
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(parts.model, options=options)
@@ -491,7 +500,10 @@ def restore_run_state(ckpt: dict, parts: StepParts, sampler: ResumableDistribute
     saved_format = extra.get("optimizer_format", "param_ids")  # official files: param ids
     if "optimizer" in ckpt and saved_format == plan.optimizer_format:
         if plan.optimizer_format == "fqn":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
 
             set_optimizer_state_dict(parts.model, parts.optimizer, ckpt["optimizer"],
                                      options=StateDictOptions(full_state_dict=True))
@@ -554,7 +566,7 @@ def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str 
     plan = plan_run(config, world)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+        write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     barrier()
     setup_logging(run_dir)
     for line in report:
@@ -589,7 +601,7 @@ def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str 
                              lpips_random_backbone=t.lpips_random_backbone, dino_disc_weights=t.dino_disc_weights,
                              dino_disc_random_init=t.dino_disc_random_init).to(device)
     except ValueError as err:
-        if isinstance(err, USER_ERRORS):
+        if isinstance(err, UserError):
             raise
         raise ConfigError(f"loss settings: {err}") from None
     ema = EMA(tokenizer, decay=t.ema_decay) if t.ema else None
@@ -614,7 +626,7 @@ def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str 
     sampler = ResumableDistributedSampler(dataset, shuffle=True, seed=t.global_seed, drop_last=True)
     steps_per_epoch = sampler.num_samples // plan.micro_batch_size // plan.grad_accum_steps
     if steps_per_epoch < 1:
-        raise UsageError(f"{len(dataset)} images under '{t.data_path}' do not fill one step of global batch "
+        raise UserError(f"{len(dataset)} images under '{t.data_path}' do not fill one step of global batch "
                          f"{t.global_batch_size}: add images or lower --global-batch-size")
     num_workers = min(t.num_workers, max((os.cpu_count() or 1) // world, 1)) if t.num_workers > 0 else 0
     loader = DataLoader(dataset, batch_size=plan.micro_batch_size, sampler=sampler, num_workers=num_workers,
@@ -697,12 +709,12 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging()
         config, report = resolve_config(args, overrides)
         if not args.sub_exp_dir:
-            raise UsageError("pass --sub-exp-dir NAME: the run directory is <--save-path>/<NAME>, and rerunning the "
+            raise UserError("pass --sub-exp-dir NAME: the run directory is <--save-path>/<NAME>, and rerunning the "
                              "same command resumes it")
         train(config, Path(args.save_path) / args.sub_exp_dir, dist_info, vq_ckpt=args.vq_ckpt,
               finetune=args.finetune, report=report)
 
-    run_stage(stage, USER_ERRORS)
+    run_stage(stage)
 
 
 if __name__ == "__main__":

@@ -24,30 +24,23 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from gigatok.builders import load_tokenizer
-from gigatok.builders import load_gpt, recorded_gpt_fields
-from gigatok.config import ConfigError, load_config
+from gigatok.builders import load_gpt, load_tokenizer, recorded_gpt_fields
+from gigatok.config import load_config
 from gigatok.data.codes import (
     CodeDataset,
-    CodesError,
     LabeledImageFolder,
     ViewTransform,
     check_meta,
 )
-from gigatok.data.images import ImageDataError
+from gigatok.errors import UserError
 from gigatok.gpt.model import GPT_MODELS
-from gigatok.infra.checkpoint import CheckpointError, read_checkpoint
+from gigatok.infra.checkpoint import read_checkpoint
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import init_distributed, is_main_process, setup_logging
 
 _LOAD_GPT_ARGS = ("pos_type", "vocab_size", "block_size", "num_classes", "cls_token_num", "use_qk_norm")
 
 
-class UsageError(ValueError):
-    """A bad flag or combination of flags."""
-
-
-USER_ERRORS = (UsageError, ConfigError, CheckpointError, CodesError, ImageDataError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,16 +83,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_flags(args: argparse.Namespace) -> None:
     if (args.code_path is None) == (args.data_path is None):
-        raise UsageError("pass exactly one of --code-path (pre-extracted codes) and --data-path (images, with "
+        raise UserError("pass exactly one of --code-path (pre-extracted codes) and --data-path (images, with "
                          "--vq-ckpt and --tok-config).")
     if args.data_path is not None and args.tok_config is None:
-        raise UsageError("--data-path needs --tok-config (and --vq-ckpt) to tokenize the images.")
+        raise UserError("--data-path needs --tok-config (and --vq-ckpt) to tokenize the images.")
     if args.gpt_type != "c2i" or args.quant_way != "vq" or args.adaLN or args.simple_adaLN:
-        raise UsageError("only class-conditional GPTs without adaLN on VQ codes are supported.")
+        raise UserError("only class-conditional GPTs without adaLN on VQ codes are supported.")
     if args.rope and args.gpt_2d:
-        raise UsageError("--rope and --gpt-2d exclude each other; pass one.")
+        raise UserError("--rope and --gpt-2d exclude each other; pass one.")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
+        raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
 
 
 def gpt_kwargs(args: argparse.Namespace, ckpt: dict[str, Any], vocab_size: int | None,
@@ -139,7 +132,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         config = load_config(args.tok_config)
         image_size = args.image_size or config.model.init_args.image_size
         if image_size != config.model.init_args.image_size:
-            raise UsageError(f"--image-size {image_size} differs from the tokenizer config's image_size "
+            raise UserError(f"--image-size {image_size} differs from the tokenizer config's image_size "
                              f"{config.model.init_args.image_size}.")
         torch.manual_seed(args.global_seed)  # random tokenizer weights (tests) agree across ranks
         tokenizer = load_tokenizer(args.vq_ckpt, config, device=device)
@@ -197,7 +190,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    run_stage(lambda: evaluate(args), USER_ERRORS)
+    run_stage(lambda: evaluate(args))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from gigatok.data.images import ImageDataError, ImageFolderDataset
+from gigatok.data.images import ImageFolderDataset
 from gigatok.data.transforms import center_crop_arr
-from gigatok.eval.npz import NpzFormatError, npz_info, write_image_npz
-from gigatok.eval.recon_metrics import read_png_images, save_png_atomic
+from gigatok.errors import UserError
+from gigatok.eval.npz import npz_info, write_image_npz
+from gigatok.eval.recon_metrics import read_png_images
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import (
     all_gather_objects,
@@ -36,15 +37,11 @@ from gigatok.infra.dist import (
     is_main_process,
     setup_logging,
 )
+from gigatok.infra.io import save_png_atomic
 
 OFFICIAL_COUNTS = {"imagenet": 50000, "coco": 5000}  # the official script asserts these; we only warn
 
 
-class UsageError(ValueError):
-    """A bad command-line flag, or an output that does not belong to the input."""
-
-
-USER_ERRORS = (UsageError, ImageDataError, NpzFormatError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,7 +78,7 @@ def build_reference(args: argparse.Namespace) -> Path:
     """The stage; returns the npz path."""
     # Check flags and the existing output before any work.
     if args.image_size <= 0 or args.per_proc_batch_size <= 0 or args.num_workers < 0:
-        raise UsageError("--image-size and --per-proc-batch-size must be positive, --num-workers non-negative.")
+        raise UserError("--image-size and --per-proc-batch-size must be positive, --num-workers non-negative.")
     dist_info = init_distributed("cpu")  # cropping is CPU work; gloo is enough for the one gather below
     rank, world_size = dist_info.rank, dist_info.world_size
     logger = setup_logging()
@@ -94,7 +91,7 @@ def build_reference(args: argparse.Namespace) -> Path:
         if (info["count"], info["height"], info["width"]) == (num_images, args.image_size, args.image_size):
             logger.info(f"'{npz_path}' already holds the {num_images} reference images: nothing to do")
             return npz_path
-        raise UsageError(
+        raise UserError(
             f"'{npz_path}' holds {info['count']} images of {info['width']}x{info['height']}, but '{args.data_path}' has "
             f"{num_images} images and --image-size is {args.image_size}: it was built from other data. Delete it "
             f"(and '{folder}') to rebuild, or pass another --sample-dir."
@@ -114,7 +111,7 @@ def build_reference(args: argparse.Namespace) -> Path:
                         num_workers=num_workers, drop_last=False)
     for images_uint8, indices in tqdm(loader, disable=not is_main_process(), desc="center crop"):
         for image_uint8, idx in zip(images_uint8.numpy(), indices.tolist()):  # (S, S, 3) uint8
-            save_png_atomic(image_uint8, folder / f"{idx:06d}.png")
+            save_png_atomic(folder / f"{idx:06d}.png", image_uint8)
 
     # Rank 0 packs the npz once every rank is done (the gather is the synchronisation point).
     all_gather_objects(len(shard))
@@ -131,7 +128,7 @@ def build_reference(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
     args = parse_args(argv)
-    run_stage(lambda: build_reference(args), USER_ERRORS)
+    run_stage(lambda: build_reference(args))
 
 
 if __name__ == "__main__":

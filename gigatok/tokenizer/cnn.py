@@ -21,7 +21,6 @@ from gigatok.layers.conv import (
     style_statistics,
 )
 
-
 # CHANNELS_LAST: conv weights and activations are kept channels-last (NHWC strides; shapes and state_dict keys
 # unchanged). oneDNN on CPU and cuDNN on GPU then run the convolutions without reordering tensors on every call.
 # `channels_last=False` keeps NCHW instead: for narrow CNNs on the CPU (the demo's, 32 channels), where GroupNorm

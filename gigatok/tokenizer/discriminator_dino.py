@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gigatok.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 DINO_FILENAME = "dino_deitsmall16_pretrain.pth"
@@ -42,7 +44,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DinoWeightsError(FileNotFoundError):
+class DinoWeightsError(UserError, FileNotFoundError):
     """The DINO ViT-S/16 weights are not on disk; the message lists every place looked and how to get them."""
 
 

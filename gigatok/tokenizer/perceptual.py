@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gigatok.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 VGG16_FILENAME = "vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1
@@ -34,7 +36,7 @@ _TAP_INDICES = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 _TAP_CHANNELS = (64, 128, 256, 512, 512)
 
 
-class LPIPSWeightsError(FileNotFoundError):
+class LPIPSWeightsError(UserError, FileNotFoundError):
     """A weights file LPIPS needs is not on disk; the message names it and says how to get it."""
 
 

@@ -28,7 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from gigatok.config import TEACHER_DIMS
-from gigatok.tokenizer.discriminator_dino import create_vit, find_local_weights, read_state_dict
+from gigatok.errors import UserError
+from gigatok.tokenizer.discriminator_dino import (
+    create_vit,
+    find_local_weights,
+    read_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ DINOV2_TEACHERS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class TeacherWeightsError(FileNotFoundError):
+class TeacherWeightsError(UserError, FileNotFoundError):
     """The teacher's weights are not on disk; the message lists every place looked and how to get them."""
 
 

@@ -17,7 +17,12 @@ from torch import nn
 
 from gigatok.config import TRANSFORMER_SIZES, VQModelArgs
 from gigatok.tokenizer.cnn import Decoder, Encoder
-from gigatok.tokenizer.qformer import QFormerDecoder, QFormerEncoder, ViTDecoder2D, ViTEncoder2D
+from gigatok.tokenizer.qformer import (
+    QFormerDecoder,
+    QFormerEncoder,
+    ViTDecoder2D,
+    ViTEncoder2D,
+)
 from gigatok.tokenizer.quantizer import QuantizerLosses, VectorQuantizer
 
 # Official options that no released config switches on; they load from YAML but are not built.

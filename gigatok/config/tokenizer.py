@@ -1,24 +1,15 @@
-"""Typed configuration tree: OmegaConf structured configs loaded from YAML, with `--key=value` overrides.
-
-The tokenizer YAML files keep the official layout so that the official `configs/vq/*.yaml` load unchanged:
+"""The tokenizer config (`configs/vq/*.yaml`), in the official layout so that the official files load unchanged:
 
     model:   {model_cls, init_args: {...VQModelArgs}, causal_settings: {...}}
     trainer: {lr, lr_scheduler, ..., distill_loss, global_batch_size, warmup}
     loss:    {loss_cls, params: {...LossParams}}
 
-Precedence: CLI override > YAML file > dataclass default. Unknown keys and wrong types fail with a `ConfigError`
-that names the key and the file. This module imports only the standard library and omegaconf (no torch), so it
-sits at level 0 of the import graph.
+Loading, overrides and errors: `gigatok.config.core`.
 """
 from __future__ import annotations
 
-import difflib
-import os
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
-
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 # Transformer sizes shared by the Q-Former encoder/decoder: name -> (width, layers, heads).
 TRANSFORMER_SIZES: dict[str, tuple[int, int, int]] = {
@@ -41,10 +32,6 @@ TEACHER_DIMS: dict[str, int] = {
     "siglip-sovit-400m": 1152,
     "clip_dfn-vit-l/14": 1024,
 }
-
-
-class ConfigError(ValueError):
-    """A user error in a config file or override: the message says what, where, and how to fix it."""
 
 
 @dataclass
@@ -234,94 +221,3 @@ class VQConfig:
     model: ModelSection = field(default_factory=ModelSection)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     loss: LossSection = field(default_factory=LossSection)
-
-
-def _all_keys(schema: type, prefix: str = "") -> list[str]:
-    """Dotted names of every field of a (nested) dataclass schema, for 'did you mean' hints."""
-    keys = []
-    for f in fields(schema):
-        name = f"{prefix}{f.name}"
-        keys.append(name)
-        default = f.default_factory() if f.default_factory is not field().default_factory else f.default  # type: ignore[misc]
-        if is_dataclass(default):
-            keys.extend(_all_keys(type(default), name + "."))
-    return keys
-
-
-def _explain(err: Exception, schema: type, source: str) -> ConfigError:
-    key = getattr(err, "full_key", None) or ""
-    msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]  # drop OmegaConf's full_key/type trailer
-    if isinstance(err, ConfigKeyError) and key:
-        hint = difflib.get_close_matches(key, _all_keys(schema), n=1)
-        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
-        return ConfigError(f"{source}: unknown config key '{key}'.{suggestion} Remove it or fix its spelling.")
-    if isinstance(err, ValidationError) and key:
-        return ConfigError(f"{source}: invalid value for '{key}': {msg}")
-    return ConfigError(f"{source}: {msg} (a section must be a mapping of key: value; check the file's "
-                       "indentation and the override syntax --section.key=value)")
-
-
-def parse_overrides(overrides: list[str]) -> DictConfig:
-    """Turn `['--model.init_args.rot=false', 'trainer.lr=2e-4']` into a DictConfig (dotlist syntax)."""
-    dotlist = []
-    for item in overrides:
-        item = item[2:] if item.startswith("--") else item
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like --section.key=value")
-        dotlist.append(item)
-    return OmegaConf.from_dotlist(dotlist)
-
-
-def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None, schema: type = VQConfig) -> Any:
-    """Load a YAML file into the structured schema, apply overrides, and return the typed object.
-
-    Args:
-        path: YAML file, or None for the schema defaults.
-        overrides: dotted `key=value` strings (a leading `--` is allowed).
-        schema: root dataclass.
-
-    Returns:
-        An instance of `schema` (a real dataclass object, not a DictConfig).
-
-    Raises:
-        ConfigError: missing file, unknown key (named, with a suggestion) or wrong type.
-    """
-    base = OmegaConf.structured(schema)
-    source = str(path) if path is not None else "<defaults>"
-    try:
-        if path is not None:
-            if not os.path.isfile(path):
-                raise ConfigError(f"config file not found: '{path}'. Pass one of the files under configs/.")
-            base = OmegaConf.merge(base, OmegaConf.load(path))
-        if overrides:
-            source = f"{source} + overrides {overrides}"
-            base = OmegaConf.merge(base, parse_overrides(overrides))
-    except (OmegaConfBaseException, TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise _explain(err, schema, source) from None
-    except Exception as err:  # YAML syntax errors (yaml.YAMLError) and other parse failures
-        raise ConfigError(f"{source}: cannot parse the YAML file: {err}") from None
-    return OmegaConf.to_object(base)
-
-
-def config_from_dict(data: dict, schema: type = VQConfig, source: str = "<dict>") -> Any:
-    """Validate a plain dict (e.g. the config stored inside a checkpoint) against `schema`."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data))
-    except OmegaConfBaseException as err:
-        raise _explain(err, schema, source) from None
-    return OmegaConf.to_object(merged)
-
-
-def to_dict(config: Any) -> dict:
-    """Plain, YAML/JSON-serialisable dict of a structured config object."""
-    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)  # type: ignore[return-value]
-
-
-def save_config(config: Any, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML (atomically: tmp file then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.structured(config)))
-    os.replace(tmp, path)
