@@ -20,7 +20,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gigatok.config import TEACHER_DIMS, ConfigError, VQConfig, load_config
+from gigatok.config import (
+    TEACHER_DIMS,
+    ConfigError,
+    GPTModelConfig,
+    VQConfig,
+    load_config,
+)
+from gigatok.errors import UserError
 from gigatok.gpt.config import GPTConfig
 from gigatok.gpt.model import GPT, GPT_MODELS
 from gigatok.infra.checkpoint import (
@@ -30,6 +37,7 @@ from gigatok.infra.checkpoint import (
     read_checkpoint,
     resolve_checkpoint_path,
 )
+from gigatok.infra.parallel import restore_memory_format
 from gigatok.tokenizer.vq_model import TOKENIZER_MODELS
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
@@ -125,7 +133,7 @@ def load_tokenizer(checkpoint: str | os.PathLike | None, config: VQConfig | str 
     state = _adapt_resolution(state, tokenizer, interpolate_pos_embed, source)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     load_state_dict_strict(tokenizer, state, source=source, assign=True)
-    tokenizer.restore_memory_format()
+    restore_memory_format(tokenizer)  # adopted tensors keep the checkpoint's layout
     return tokenizer.to(device).eval()
 
 
@@ -150,11 +158,118 @@ def build_gpt_config(gpt_model: str, **overrides: Any) -> GPTConfig:
 
 def recorded_gpt_fields(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
     """The GPT config fields our training runs record in their checkpoints (`extra.gpt_config`), or None for
-    official files, which must be sized from flags and data."""
+    official files, which must be sized from flags, weights and data."""
     recorded = (ckpt.get("extra") or {}).get("gpt_config")
     if recorded is None:
         return None
     return {k: v for k, v in recorded.items() if k in _CONFIG_FIELDS}
+
+
+def recorded_gpt_model(ckpt: Mapping[str, Any]) -> str | None:
+    """The registry size our runs record ("config" entry: `model.gpt_model`, or `gpt_model` in older runs)."""
+    config = ckpt.get("config") or {}
+    model = config.get("model") if isinstance(config.get("model"), Mapping) else config
+    return model.get("gpt_model") if isinstance(model, Mapping) else None
+
+
+def gpt_pos_type(model: GPTModelConfig) -> str:
+    """The position encoding the official flags select: --gpt-2d (LlamaGen 2D RoPE), --rope (1D RoPE), else learned."""
+    return "rope_2d" if model.gpt_2d else "rope_1d" if model.rope else "learned_1d"
+
+
+def check_gpt_flags(model: GPTModelConfig) -> None:
+    """The official model flags we cannot honour, refused before any work."""
+    if model.gpt_type != "c2i":
+        raise UserError("--gpt-type t2i is not supported: GigaTok trains and samples class-conditional GPTs "
+                        "(--gpt-type c2i).")
+    if model.adaLN or model.simple_adaLN:
+        raise UserError("--adaLN / --simple-adaLN are not supported: no released GPT uses adaptive LayerNorm; drop "
+                        "the flag.")
+    if model.rope and model.gpt_2d:
+        raise UserError("--rope (GigaTok 1D RoPE) and --gpt-2d (LlamaGen 2D RoPE) exclude each other; pass one.")
+
+
+def gpt_config_from(model: GPTModelConfig, *, vocab_size: int, block_size: int, num_classes: int) -> GPTConfig:
+    """THE mapping of a run config's `model:` section onto the GPT architecture, for the given data sizes.
+
+    Raises:
+        ConfigError: an unknown registry size, or a combination the architecture refuses (e.g. --gpt-2d with a
+            non-square number of codes).
+    """
+    name = model.gpt_model or "GPT-B"
+    try:
+        return build_gpt_config(
+            name, pos_type=gpt_pos_type(model), vocab_size=vocab_size, block_size=block_size,
+            num_classes=num_classes, cls_token_num=model.cls_token_num, class_dropout_prob=model.class_dropout_p,
+            token_dropout_p=model.token_dropout_p, resid_dropout_p=model.dropout_p, ffn_dropout_p=model.dropout_p,
+            drop_path_rate=model.drop_path_rate, use_qk_norm=model.qk_norm)
+    except ValueError as err:
+        raise ConfigError(f"cannot build {name} (K={vocab_size}, L={block_size}, {num_classes} classes): {err}") from None
+
+
+def infer_gpt_fields(state: Mapping[str, torch.Tensor], class_dropout: bool = True) -> dict[str, Any]:
+    """What a GPT's weights say about its shape (official files record nothing else): vocabulary, classes (the
+    label table has a null row when trained with class dropout), width, depth, and for learned positions the number
+    of codes."""
+    fields: dict[str, Any] = {}
+    if "tok_embeddings.weight" in state:
+        fields["vocab_size"], fields["dim"] = state["tok_embeddings.weight"].shape
+    if "cls_embedding.embedding_table.weight" in state:
+        fields["num_classes"] = state["cls_embedding.embedding_table.weight"].shape[0] - int(class_dropout)
+    fields["n_layer"] = len({key.split(".")[1] for key in state if key.startswith("layers.")})
+    if "positional_embedding" in state:
+        fields["block_size"] = state["positional_embedding"].shape[0] - 1  # one class position first
+    return fields
+
+
+def resolve_checkpoint_gpt(model: GPTModelConfig, ckpt: Mapping[str, Any] | None, *, vocab_size: int | None,
+                           block_size: int | None, source: str) -> GPTConfig:
+    """The architecture of the GPT in `ckpt`: recorded by our runs (authoritative), else from the flags, the weights'
+    shapes and the data (`vocab_size`, `block_size`: what the tokenizer or the codes give).
+
+    Raises:
+        UserError: an explicit flag contradicts the checkpoint (a --gpt-model other than the recorded size, another
+            vocabulary or class count).
+    """
+    recorded = recorded_gpt_fields(ckpt) if ckpt is not None else None
+    if recorded is not None:
+        size = recorded_gpt_model(ckpt)
+        if model.gpt_model is not None and size is not None and model.gpt_model != size:
+            raise UserError(f"{source} is a {size} (recorded in the checkpoint) but --gpt-model is "
+                            f"{model.gpt_model}: pass --gpt-model {size}, or drop the flag.")
+        for flag, key, given in (("--vocab-size", "vocab_size", model.vocab_size),
+                                 ("--num-classes", "num_classes", model.num_classes)):
+            if given is not None and given != recorded.get(key):
+                raise UserError(f"{source} was trained with {key} {recorded.get(key)} but {flag} is {given}: pass "
+                                f"{flag} {recorded.get(key)}, or drop the flag.")
+        if (model.gpt_2d or model.rope) and recorded.get("pos_type") != gpt_pos_type(model):
+            raise UserError(f"{source} was trained with pos_type {recorded.get('pos_type')}, but the flags ask for "
+                            f"{gpt_pos_type(model)}: drop --gpt-2d / --rope.")
+        return GPTConfig(**recorded)
+    state = extract_state_dict(ckpt, source=source) if ckpt is not None else {}
+    inferred = infer_gpt_fields(state, class_dropout=model.class_dropout_p > 0)
+    for flag, key, given in (("--vocab-size", "vocab_size", model.vocab_size),
+                             ("--num-classes", "num_classes", model.num_classes)):
+        if given is not None and key in inferred and given != inferred[key]:
+            raise UserError(f"{source} holds a GPT with {key} {inferred[key]} but {flag} is {given}: pass {flag} "
+                            f"{inferred[key]}, or drop the flag.")
+    config = gpt_config_from(
+        model, vocab_size=model.vocab_size or inferred.get("vocab_size") or vocab_size or 16384,
+        block_size=model.block_size or block_size or inferred.get("block_size") or 256,
+        num_classes=model.num_classes or inferred.get("num_classes") or 1000)
+    if ckpt is not None and "dim" in inferred and (inferred["dim"], inferred["n_layer"]) != (config.dim, config.n_layer):
+        raise UserError(f"{source} holds a {inferred['n_layer']}-layer GPT of width {inferred['dim']}, which "
+                        f"--gpt-model {model.gpt_model or 'GPT-B'} does not match"
+                        f"{gpt_size_hint(inferred['dim'], inferred['n_layer'])}")
+    return config
+
+
+def gpt_size_hint(dim: int, n_layer: int) -> str:
+    """': pass --gpt-model <size>' when a registry size has this width and depth, else '' ."""
+    for name, size in GPT_MODELS.items():
+        if (size["dim"], size["n_layer"]) == (dim, n_layer):
+            return f": pass --gpt-model {name}."
+    return "."
 
 
 def build_gpt(gpt_model: str, **overrides: Any) -> GPT:
@@ -162,7 +277,8 @@ def build_gpt(gpt_model: str, **overrides: Any) -> GPT:
     return GPT(build_gpt_config(gpt_model, **overrides))
 
 
-def load_gpt(checkpoint: str | os.PathLike | Mapping[str, Any], gpt_model: str, pos_type: str = "learned_1d",
+def load_gpt(checkpoint: str | os.PathLike | Mapping[str, Any], gpt_model: str | GPTConfig,
+             pos_type: str = "learned_1d",
              vocab_size: int = 16384, block_size: int = 256, num_classes: int = 1000, cls_token_num: int = 1,
              use_qk_norm: bool = False, use_ema: bool = False, device: str | torch.device = "cpu",
              **overrides: Any) -> GPT:
@@ -172,7 +288,8 @@ def load_gpt(checkpoint: str | os.PathLike | Mapping[str, Any], gpt_model: str, 
         checkpoint: a path / `hf://owner/repo/file.pt`, or an already loaded checkpoint dict. Weights are taken
             from "model" (official samplers' choice), else "module", else "state_dict", else a bare state dict
             (`--from-fsdp` files); with `use_ema` the "ema" entry comes first.
-        gpt_model: registry size ("GPT-B", ..., "GPT-3B").
+        gpt_model: registry size ("GPT-B", ..., "GPT-3B"), or a complete `GPTConfig` (the other fields are then
+            ignored).
         pos_type: "learned_1d" for GigaTok gpt_1d checkpoints, "rope_2d" for LlamaGen c2i, "rope_1d" for
             GigaTok --rope.
         vocab_size, block_size, num_classes, cls_token_num, use_qk_norm, overrides: further `GPTConfig` fields.
@@ -180,9 +297,12 @@ def load_gpt(checkpoint: str | os.PathLike | Mapping[str, Any], gpt_model: str, 
     Raises:
         CheckpointError: unreadable file, no weights, or any key/shape mismatch with the built model.
     """
-    config = build_gpt_config(gpt_model, pos_type=pos_type, vocab_size=vocab_size, block_size=block_size,
-                              num_classes=num_classes, cls_token_num=cls_token_num, use_qk_norm=use_qk_norm,
-                              **overrides)
+    if isinstance(gpt_model, GPTConfig):
+        config = gpt_model
+    else:
+        config = build_gpt_config(gpt_model, pos_type=pos_type, vocab_size=vocab_size, block_size=block_size,
+                                  num_classes=num_classes, cls_token_num=cls_token_num, use_qk_norm=use_qk_norm,
+                                  **overrides)
     source = "checkpoint dict" if isinstance(checkpoint, Mapping) else f"checkpoint '{checkpoint}'"
     if isinstance(checkpoint, Mapping):
         ckpt = dict(checkpoint)
@@ -199,7 +319,8 @@ def load_gpt(checkpoint: str | os.PathLike | Mapping[str, Any], gpt_model: str, 
     with torch.device("meta"):
         gpt = GPT(config)
     gpt.to_empty(device=device)
-    load_state_dict_strict(gpt, state, source=source, ignore=("freqs_cis",), hint=_pos_type_hint(state, pos_type))
+    load_state_dict_strict(gpt, state, source=source, ignore=("freqs_cis",),
+                           hint=_pos_type_hint(state, config.pos_type))
     return gpt.eval()
 
 
@@ -215,10 +336,9 @@ def _pos_type_hint(state: Mapping[str, torch.Tensor], pos_type: str) -> str:
 
 def load_gpt_export(folder: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
     """Load a GPT exported by `python -m gigatok.stages.export --gpt-ckpt ...` (model.safetensors + config.yaml)."""
-    import yaml
+    from omegaconf import OmegaConf
 
     folder = Path(folder)
-    with open(folder / "config.yaml") as f:
-        exported = yaml.safe_load(f)
+    exported = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
     fields = {k: v for k, v in exported["config"].items() if k in _CONFIG_FIELDS}
     return load_gpt(folder / "model.safetensors", exported["gpt_model"], device=device, **fields)

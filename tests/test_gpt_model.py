@@ -10,6 +10,7 @@ from gigatok.builders import build_gpt, load_gpt
 from gigatok.gpt.config import POS_TYPES
 from gigatok.infra.checkpoint import CheckpointError
 from gigatok.infra.io import torch_save_atomic
+from gigatok.infra.parallel import fsdp_wrap_units
 
 torch.set_num_threads(2)
 V, N, NUM_CLASSES = 64, 16, 10
@@ -107,7 +108,7 @@ def test_sequence_length_and_dtype_handling():
     gpt_bf16 = debug_gpt("rope_2d").to(torch.bfloat16).eval()
     logits, _ = gpt_bf16(torch.zeros(1, 4, dtype=torch.long), torch.tensor([0]))
     assert logits.dtype == torch.float32 and gpt_bf16.freqs_cis.dtype == torch.float32
-    assert [m for m in gpt.get_fsdp_wrap_module_list()] == list(gpt.layers)
+    assert fsdp_wrap_units(gpt) == list(gpt.layers)
 
 
 # ---------------------------------------------------------------------------------------------------------------

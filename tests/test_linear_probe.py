@@ -5,7 +5,6 @@ Images: a tiny ImageFolder pair (2 colour classes, 36 px) under tmp_path. Models
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -24,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from gigatok.builders import build_gpt_config, build_tokenizer
-from gigatok.config import load_config
+from gigatok.config import GPTModelConfig, load_config
 from gigatok.engine.linear_probe import (
     LARS,
     LinearProbe,
@@ -200,9 +199,7 @@ def test_gpt_features_are_the_middle_block_states_of_the_null_class_sequence():
 
 def test_official_gpt_checkpoint_is_sized_from_the_flags(files):
     path = save_gpt(files["tmp"] / "official.pt", num_classes=1000, official=True)
-    args = argparse.Namespace(gpt_ckpt=str(path), gpt_model="debug", rope=False, qk_norm=False, ema=False,
-                              model_config=str(CONFIG))
-    gpt = load_frozen_gpt(args, 1024, 64, torch.device("cpu"))
+    gpt = load_frozen_gpt(GPTModelConfig(gpt_model="debug", gpt_ckpt=str(path)), 1024, 64, torch.device("cpu"))
     assert gpt.config.num_classes == 1000 and not gpt.training
     assert not any(p.requires_grad for p in gpt.parameters())
 

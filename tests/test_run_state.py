@@ -20,18 +20,52 @@ from gigatok.config import TrainerConfig
 from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.infra.checkpoint import CheckpointError, read_checkpoint
 from gigatok.infra.ema import EMA
+from gigatok.infra.parallel import unwrap
 from gigatok.infra.run_state import (
     CHECKPOINT_VERSION,
+    CheckpointManager,
     checkpoint_path,
     find_latest_checkpoint,
     list_checkpoints,
     load_training_checkpoint,
     prune_checkpoints,
     restore_rng,
-    restore_training_state,
-    save_training_checkpoint,
-    unwrap_model,
 )
+from gigatok.infra.states import (
+    ConstState,
+    EMAState,
+    ModelState,
+    OptimizerState,
+    SamplerState,
+    ScalerState,
+    ValueState,
+)
+
+
+def _manager(run_dir, *, model, ema=None, optimizer=None, discriminator=None, optimizer_disc=None, scaler=None,
+             sampler=None, config=None, extra=None, data_state=None) -> CheckpointManager:
+    """A manager over the given objects, under the entry names the trainers use."""
+    states = {"model": ModelState(model)}
+    if ema is not None:
+        states["ema"] = EMAState(ema, model)
+    if optimizer is not None:
+        states["optimizer"] = OptimizerState(optimizer, model)
+    if discriminator is not None:
+        states["discriminator"] = ModelState(discriminator, "discriminator", required=False)
+    if optimizer_disc is not None:
+        states["optimizer_disc"] = OptimizerState(optimizer_disc, discriminator, "optimizer_disc")
+    if scaler is not None:
+        states["scaler"] = ScalerState(scaler)
+    if sampler is not None:
+        states["data_state"] = SamplerState(sampler, steps_per_epoch=10)
+    if data_state is not None:
+        states["data_state"] = ValueState(lambda: data_state, lambda value: None)
+    states.update({f"extra.{k}": ConstState(v) for k, v in (extra or {}).items()})
+    return CheckpointManager(run_dir, states, config)
+
+
+def save_training_checkpoint(run_dir, step, **objects) -> Path:
+    return _manager(run_dir, **objects).save(step)
 
 
 def _free_port() -> int:
@@ -83,7 +117,7 @@ def _trained(seed: int = 0) -> tuple[Net, Net, torch.optim.Optimizer, torch.opti
 def _save_all(run_dir: Path, step: int, model, disc, opt, opt_d, ema, scaler, sampler) -> Path:
     return save_training_checkpoint(
         run_dir, step, model=model, ema=ema, optimizer=opt, discriminator=disc, optimizer_disc=opt_d,
-        scaler=scaler, data_state=sampler.state_dict(), config_dict=TrainerConfig(lr=3e-4),
+        scaler=scaler, sampler=sampler, config=TrainerConfig(lr=3e-4),
         extra={"guard": {"num_skipped": 2, "consecutive": 0}, "note": "hello"})
 
 
@@ -109,16 +143,15 @@ def test_round_trip_every_entry(tmp_path):
     torch.manual_seed(99)
     model2, disc2, opt2, opt_d2 = _trained(seed=5)
     ema2, scaler2 = EMA(model2), torch.amp.GradScaler("cpu")
-    step = restore_training_state(ckpt, model=model2, ema=ema2, optimizer=opt2, discriminator=disc2,
-                                  optimizer_disc=opt_d2, scaler=scaler2)
+    sampler2 = ResumableDistributedSampler(list(range(50)), seed=1)
+    step = _manager(tmp_path, model=model2, ema=ema2, optimizer=opt2, discriminator=disc2, optimizer_disc=opt_d2,
+                    scaler=scaler2, sampler=sampler2).restore(ckpt, with_rng=False)
     assert step == 1234 and ema2.num_updates == 1234
     for a, b in ((model, model2), (disc, disc2), (ema.module, ema2.module)):
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert ka == kb and torch.equal(va, vb)
     assert str(opt.state_dict()) == str(opt2.state_dict()) and str(opt_d.state_dict()) == str(opt_d2.state_dict())
     assert scaler2.get_scale() == 1024.0
-    sampler2 = ResumableDistributedSampler(list(range(50)), seed=1)
-    sampler2.load_state_dict(ckpt["data_state"])
     assert (sampler2.epoch, sampler2.position) == (3, 12)
 
     random.seed(7), np.random.seed(7), torch.manual_seed(7)  # a fresh process seeds itself ...
@@ -131,13 +164,13 @@ def test_wrapped_models_save_prefix_free_keys(tmp_path):
     bare_keys = list(model.state_dict())
     compiled = torch.compile(model)  # the wrapper only; nothing is compiled without a forward
     assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
-    assert unwrap_model(compiled) is model
+    assert unwrap(compiled) is model
     port = _free_port()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=30))
     try:
         ddp = nn.parallel.DistributedDataParallel(torch.compile(model))
-        assert unwrap_model(ddp) is model
+        assert unwrap(ddp) is model
         ema = EMA(ddp)
         path = save_training_checkpoint(tmp_path, 5, model=ddp, ema=ema, discriminator=compiled)
     finally:
@@ -180,6 +213,8 @@ def test_rejects_unsafe_values_before_writing(tmp_path):
         save_training_checkpoint(tmp_path, 1, model=Net(), extra={"when": datetime.datetime.now()})
     with pytest.raises(TypeError, match=r"'data_state'\['position'\] is a int64"):
         save_training_checkpoint(tmp_path, 1, model=Net(), data_state={"position": np.int64(3)})
+    with pytest.raises(TypeError, match=r"'config'\['when'\]"):
+        save_training_checkpoint(tmp_path, 1, model=Net(), config={"when": datetime.datetime.now()})
     assert list_checkpoints(tmp_path / "checkpoints") == []
 
 
@@ -191,8 +226,15 @@ def test_official_checkpoint_resumes_without_rng(tmp_path):
     assert find_latest_checkpoint(tmp_path) == path  # a folder of official files works too
     ckpt = load_training_checkpoint(path)
     assert ckpt["step"] == 5000
-    model2 = Net()
-    assert restore_training_state(ckpt, model=model2, optimizer=torch.optim.AdamW(model2.parameters())) == 5000
+    model2, ema2 = Net(), None
+    ema2 = EMA(model2)
+    sampler = ResumableDistributedSampler(list(range(50)), seed=1)
+    with _warnings_of("gigatok.infra.states") as records:
+        step = _manager(tmp_path, model=model2, ema=ema2, optimizer=torch.optim.AdamW(model2.parameters()),
+                        sampler=sampler).restore(ckpt, with_rng=False)
+    assert step == 5000 and sampler.epoch == 500  # no data position: the epoch the step falls in, from its start
+    assert torch.equal(ema2.module.layers[0].weight, model.layers[0].weight)  # no EMA: restarts from the weights
+    assert any("no 'ema' entry" in r.getMessage() for r in records)
     with _warnings_of("gigatok.infra.run_state") as records:
         assert restore_rng(ckpt) is False
     assert "no RNG states" in records[0].getMessage()

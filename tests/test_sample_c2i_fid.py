@@ -18,10 +18,11 @@ from conftest import expect_exit_2
 
 from gigatok.builders import build_gpt, build_tokenizer
 from gigatok.config import load_config
+from gigatok.engine.cfg_search import next_search_scale, search_start_scale
 from gigatok.engine.sampling import chunk_bounds, chunk_seed, uniform_class_labels
 from gigatok.eval.npz import npz_info
 from gigatok.stages import sample_c2i
-from gigatok.stages.sample_c2i import main, next_search_scale, search_start_scale
+from gigatok.stages.sample_c2i import main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
@@ -262,7 +263,7 @@ def test_search_stops_at_the_local_minimum(checkpoints, ref_npz, tmp_path, monke
 
 def test_search_heuristics_and_step():
     def start(gpt: str, schedule: str, tok: str = "configs/vq/VQ_BL256.yaml") -> float:
-        return search_start_scale(argparse.Namespace(gpt_model=gpt, cfg_schedule=schedule, tok_config=tok))
+        return search_start_scale(gpt, schedule, tok)
     assert [start("GPT-B", "constant"), start("GPT-B", "constant", "configs/vq/VQ_XLXXL256.yaml"),
             start("GPT-L", "constant"), start("GPT-XL", "constant")] == [2.0, 1.75, 1.75, 1.75]
     assert [start("GPT-B", "step"), start("GPT-L", "step"), start("GPT-XXL", "step")] == [2.5, 1.75, 1.25]

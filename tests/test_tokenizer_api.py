@@ -13,6 +13,7 @@ from conftest import ROOT
 from gigatok.builders import build_tokenizer, load_tokenizer
 from gigatok.config import ConfigError, load_config
 from gigatok.infra.checkpoint import CheckpointError
+from gigatok.infra.parallel import cnn_channels_last, set_cnn_memory_format
 from gigatok.stages import export
 
 DEBUG_1D = ROOT / "configs" / "vq" / "VQ_debug.yaml"
@@ -213,7 +214,7 @@ def test_cnn_layout_follows_the_config_and_does_not_change_results(tmp_path, cha
 
 def test_cnn_layout_auto_is_channels_last_except_for_training_on_avx2_cpus(monkeypatch) -> None:
     """`cnn_channels_last: null` (the default) resolves per device; explicit values always win."""
-    from gigatok.infra.dist import cnn_channels_last_for_training
+    from gigatok.infra.parallel import cnn_channels_last_for_training
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     for capability, expected in [("AVX2", False), ("AVX512", True), ("DEFAULT", True)]:
@@ -222,7 +223,7 @@ def test_cnn_layout_auto_is_channels_last_except_for_training_on_avx2_cpus(monke
         assert cnn_channels_last_for_training(None, cuda) is True
         assert cnn_channels_last_for_training(True, cpu) is True and cnn_channels_last_for_training(False, cuda) is False
     assert load_config(ROOT / "configs" / "vq" / "VQ_SS256.yaml").model.init_args.cnn_channels_last is None
-    assert build_tokenizer(load_config(DEBUG_1D, ["model.init_args.cnn_channels_last=null"])).cnn_channels_last
+    assert cnn_channels_last(build_tokenizer(load_config(DEBUG_1D, ["model.init_args.cnn_channels_last=null"])))
 
 
 def test_switching_the_cnn_layout_keeps_values_and_moves_every_cnn_weight() -> None:
@@ -232,8 +233,8 @@ def test_switching_the_cnn_layout_keeps_values_and_moves_every_cnn_weight() -> N
     with torch.no_grad():
         before = tokenizer(x).recon
     state = {k: v.clone() for k, v in tokenizer.state_dict().items()}
-    tokenizer.set_cnn_channels_last(False)
-    assert not tokenizer.cnn_channels_last
+    set_cnn_memory_format(tokenizer, False)
+    assert not cnn_channels_last(tokenizer)
     convs = [m for part in (tokenizer.encoder, tokenizer.decoder) for m in part.modules()
              if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
     assert convs and all(m.weight.is_contiguous() and not m.weight.is_contiguous(memory_format=torch.channels_last)
@@ -244,6 +245,6 @@ def test_switching_the_cnn_layout_keeps_values_and_moves_every_cnn_weight() -> N
         after = tokenizer(x).recon
     assert after.is_contiguous()
     torch.testing.assert_close(after, before, rtol=1e-4, atol=5e-5)  # other oneDNN kernels per layout
-    tokenizer.set_cnn_channels_last(True)
-    assert tokenizer.cnn_channels_last and all(m.weight.is_contiguous(memory_format=torch.channels_last)
+    set_cnn_memory_format(tokenizer, True)
+    assert cnn_channels_last(tokenizer) and all(m.weight.is_contiguous(memory_format=torch.channels_last)
                                                for m in convs)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gigatok.builders import load_gpt
+from gigatok.config import GPTTrainConfig, load_config, to_dict
 from gigatok.data.codes import CodeDataset
 from gigatok.infra.checkpoint import read_checkpoint
 from gigatok.infra.dist import cpu_bf16_warning
@@ -108,13 +109,16 @@ def test_ar_training_learns_and_writes_self_describing_checkpoints(trained):
     ckpt = read_checkpoint(trained / "checkpoints" / "0000150.pt")
     for key in ("model", "ema", "optimizer", "steps", "config", "rng", "data_state", "extra"):
         assert key in ckpt, key
-    assert ckpt["steps"] == 150 and ckpt["config"]["gpt_model"] == "debug"
+    assert ckpt["steps"] == 150 and ckpt["config"]["model"]["gpt_model"] == "debug"
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
     gpt_config = ckpt["extra"]["gpt_config"]
     assert (gpt_config["vocab_size"], gpt_config["block_size"], gpt_config["num_classes"]) == (1024, 64, 10)
     gpt = load_gpt(ckpt, "debug", vocab_size=1024, block_size=64, num_classes=10)  # strict load into a bare GPT
     assert gpt.cls_embedding.embedding_table.weight.shape == (11, 64)  # 10 classes + the null class
-    assert json.loads((trained / "config.json").read_text())["derived"]["steps_per_epoch"] == NUM_IMAGES // 32
+    saved = load_config(trained / "config.yaml", schema=GPTTrainConfig)  # the resolved config, read back
+    assert (saved.model.gpt_model, saved.model.vocab_size, saved.model.block_size, saved.model.num_classes) == (
+        "debug", 1024, 64, 10)
+    assert saved.trainer.iterations == 150 and saved.trainer.ema and ckpt["config"] == to_dict(saved)
 
 
 def test_val_loss_entry_point(trained, codes, tmp_path, capsys):

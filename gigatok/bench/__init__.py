@@ -13,7 +13,7 @@
 Tokenizer: `encode_decode` times `decode(encode(x))` under inference mode; `train` times one forward + backward
 of the training forward (shortcut outputs and distill features on, as in the official trainer's first steps),
 in the CNN layout our trainer picks for the device (`cnn_layout`: NCHW on x86 CPUs without AVX-512, see
-gigatok.infra.dist.cnn_channels_last_for_training).
+gigatok.infra.parallel.cnn_channels_last_for_training).
 With `--official-root` (a checkout of SilentView/GigaTok), the official model is timed too, with the same
 weights and input, each implementation in its own subprocess so that `peak_rss_mb` is its own; the JSON line
 then holds both results and the speedup. On the CPU our side runs with the host-allocator tuning our entry points
@@ -43,8 +43,12 @@ from collections.abc import Callable
 import torch
 
 from gigatok.gpt.model import GPT_MODELS
-from gigatok.infra.dist import cnn_channels_last_for_training
 from gigatok.infra.host_memory import cpu_allocator_state, tune_cpu_allocator
+from gigatok.infra.parallel import (
+    cnn_channels_last,
+    cnn_channels_last_for_training,
+    set_cnn_memory_format,
+)
 
 
 def _peak_rss_mb() -> float:
@@ -104,8 +108,8 @@ def bench_tokenizer(args: argparse.Namespace) -> dict:
     else:
         model = ours
         if args.mode == "train":  # the layout our trainer picks for this device (auto unless the config sets it)
-            model.set_cnn_channels_last(cnn_channels_last_for_training(config.model.init_args.cnn_channels_last,
-                                                                       device))
+            set_cnn_memory_format(model, cnn_channels_last_for_training(config.model.init_args.cnn_channels_last,
+                                                                        device))
     del ours
     model = model.to(device)
     size = config.model.init_args.image_size
@@ -141,7 +145,7 @@ def bench_tokenizer(args: argparse.Namespace) -> dict:
         times = time_fn(train_step, args.repeat, device)
     result = {"bench": "tokenizer", "impl": args.impl, "model_config": args.model_config,
               "images_per_s": args.batch_size / statistics.median(times),
-              "cnn_layout": "NCHW" if is_official or not model.cnn_channels_last else "channels_last"}
+              "cnn_layout": "NCHW" if is_official or not cnn_channels_last(model) else "channels_last"}
     return _summary(result, args, times, device)
 
 

@@ -2,16 +2,34 @@
 
 - `core`: loading YAML into structured dataclasses, `--section.key=value` overrides, `ConfigError`.
 - `tokenizer`: the tokenizer config (`configs/vq/*.yaml`, official layout).
+- `gpt`: the GPT side (training, sampling, evaluation), its fields named after the official flags.
+- `flags`: official command-line flags onto the tree.
 """
 from gigatok.config.core import (
     ConfigError,
     _all_keys,
     all_keys,
+    between,
+    choice,
     config_from_dict,
     load_config,
     parse_overrides,
+    positive,
     to_dict,
     to_yaml,
+    validate,
+)
+from gigatok.config.gpt import (
+    EvalSettings,
+    GPTDataConfig,
+    GPTEvalConfig,
+    GPTFIDConfig,
+    GPTModelConfig,
+    GPTSampleConfig,
+    GPTTrainConfig,
+    GPTTrainerConfig,
+    SampleSettings,
+    TokenizerRef,
 )
 from gigatok.config.tokenizer import (
     TEACHER_DIMS,
@@ -26,6 +44,8 @@ from gigatok.config.tokenizer import (
 )
 
 __all__ = [
+    "EvalSettings", "GPTDataConfig", "GPTEvalConfig", "GPTFIDConfig", "GPTModelConfig", "GPTSampleConfig", "GPTTrainConfig", "GPTTrainerConfig",
+    "SampleSettings", "TokenizerRef", "between", "choice", "positive", "validate",
     "TEACHER_DIMS", "TRANSFORMER_SIZES", "CausalSettings", "ConfigError", "LossParams", "LossSection", "ModelSection",
     "TrainerConfig", "VQConfig", "VQModelArgs", "_all_keys", "all_keys", "config_from_dict", "load_config",
     "parse_overrides", "to_dict", "to_yaml",

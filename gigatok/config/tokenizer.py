@@ -69,7 +69,7 @@ class VQModelArgs:
     cnn_ch: int = 128  # ours: base channel count of the CNN encoder/decoder (official: fixed 128)
     num_res_blocks: int = 2  # ours: ResnetBlocks per encoder level (decoder: one more), official: fixed 2
     # ours: CNN layout. None = auto: channels-last, except NCHW for training on x86 CPUs without AVX-512
-    # (gigatok.infra.dist.cnn_channels_last_for_training); False: NCHW, also faster for 32-channel CNNs on the CPU.
+    # (gigatok.infra.parallel.cnn_channels_last_for_training); False: NCHW, also faster for 32-channel CNNs on the CPU.
     cnn_channels_last: Optional[bool] = None
     model_size: Optional[str] = "small"
     encoder_size: Optional[str] = None

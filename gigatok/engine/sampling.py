@@ -1,220 +1,176 @@
-"""What the class-conditional samplers share: flags, flag checks, model loading, one batch of images, chunk files.
+"""What the class-conditional samplers share: their config sections and checks, model loading, one batch of
+images, chunk files.
 
-Used by the entry points `gigatok.stages.sample_c2i_visualization` (class grids) and `gigatok.stages.sample_c2i` (FID samples);
-entry points never import each other, so everything both need lives here (level 2, next to gigatok.builders).
+Used by the entry points `gigatok.stages.sample_c2i_visualization` (class grids) and `gigatok.stages.sample_c2i`
+(FID samples); entry points never import each other, so everything both need lives here (level 2, next to
+gigatok.builders). Both read `gigatok.config.GPTSampleConfig`: sections `model` (the GPT), `tokenizer` and `sample`,
+one official flag per field.
 
 Chunks (gigatok.stages.sample_c2i): the N samples are cut into fixed chunks of consecutive global sample indices, each
 sampled by one `generate()` call from its own generator seeded by (global seed, first index). A chunk's images
 therefore depend neither on the number of ranks nor on interruptions; every finished chunk is one `.npz` file
 written atomically (`chunk_000123.npz`: arr_0 (n, H, W, 3) uint8, arr_1 (n,) int64 labels), so a restarted job
 skips it.
+
+Shape letters: B batch, L codes per image, S image size (S_eval after the resize for saving).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import dataclasses
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gigatok.builders import (
-    build_gpt,
-    build_gpt_config,
+    check_gpt_flags,
     load_gpt,
     load_tokenizer,
-    recorded_gpt_fields,
+    resolve_checkpoint_gpt,
 )
-from gigatok.config import VQConfig
+from gigatok.config import GPTSampleConfig, VQConfig
+from gigatok.config.flags import add_config_flags
 from gigatok.data.transforms import to_uint8
 from gigatok.errors import UserError
+from gigatok.gpt.config import GPTConfig
 from gigatok.gpt.generate import cfg_schedule_values, generate
-from gigatok.gpt.model import GPT_MODELS
+from gigatok.gpt.model import GPT
 from gigatok.infra.checkpoint import (
     CheckpointError,
-    extract_state_dict,
     read_checkpoint,
     resolve_checkpoint_path,
 )
-from gigatok.infra.io import save_npz_atomic, write_text_atomic
+from gigatok.infra.io import save_npz_atomic
+from gigatok.infra.runtime import resolve_precision
+
+logger = logging.getLogger(__name__)
 
 _SEED_MUL = 1_000_003  # any odd constant: mixes (seed, index) pairs into distinct generator seeds
+SAMPLER_SECTIONS = ("model", "tokenizer", "sample")
 
 
-def add_sampler_args(parser: argparse.ArgumentParser) -> None:
-    """The flags both samplers share (official names of sample_c2i_ddp_visualization.py / sample_c2i_cfg_search.py;
-    defaults noted where ours differ)."""
-    parser.add_argument("--gpt-model", type=str, choices=list(GPT_MODELS), default="GPT-B")
-    parser.add_argument("--gpt-ckpt", type=str, default=None, help="GPT checkpoint; omitted: random weights")
-    parser.add_argument("--gpt-type", type=str, choices=["c2i", "t2i"], default="c2i")
+def add_sampler_args(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The flags both samplers share: one per field of the `model`, `tokenizer` and `sample` sections (official
+    names of sample_c2i_ddp_visualization.py / sample_c2i_cfg_search.py), plus `--config`, `--device` and the
+    accepted `--from-fsdp`. Returns the flag table for `gigatok.config.flags.given_flags`."""
+    parser.add_argument("--config", type=str, default=None, help="a sampling config YAML to start from")
     parser.add_argument("--from-fsdp", action="store_true", help="the file is a bare state dict (read either way)")
-    parser.add_argument("--cls-token-num", type=int, default=1)
-    parser.add_argument("--precision", type=str, choices=["none", "fp16", "bf16"], default="bf16",
-                        help="dtype the GPT is cast to (fp16 on CPU falls back to fp32); the tokenizer runs in fp32")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-    parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint; omitted: random weights")
-    parser.add_argument("--tok-config", type=str, default=None, help="tokenizer YAML, e.g. configs/vq/VQ_XLXXL256.yaml")
-    parser.add_argument("--quant-way", type=str, choices=["vq", "fsq"], default="vq")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="must equal the tokenizer config's image_size (default: that size; official: 384)")
-    parser.add_argument("--image-size-eval", type=int, default=None,
-                        help="size of the saved images (bicubic resize); default: --image-size (official: 256)")
-    parser.add_argument("--downsample-size", type=int, choices=[8, 16], default=16,
-                        help="accepted for compatibility; the tokenizer config fixes the token grid")
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--cfg-scale", type=float, default=2.0)
-    parser.add_argument("--cfg-schedule", type=str, default="constant")
-    parser.add_argument("--cfg-interval", type=float, default=-1)
-    parser.add_argument("--sample-dir", type=str, default="samples")
-    parser.add_argument("--per-proc-batch-size", type=int, default=32)
-    parser.add_argument("--global-seed", type=int, default=0)
-    parser.add_argument("--top-k", type=int, default=0, help="0: off")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0, help="1.0: off")
-    parser.add_argument("--num-token", type=int, default=None, help="codes per image (default: the tokenizer's)")
-    parser.add_argument("--rope", action="store_true", help="GPT with 1D RoPE instead of learned positions")
-    parser.add_argument("--adaLN", action="store_true", help="not supported (never released)")
-    parser.add_argument("--simple-adaLN", action="store_true", help="not supported (never released)")
-    parser.add_argument("--gpt-2d", action="store_true", help="LlamaGen GPT with 2D RoPE")
-    parser.add_argument("--qk-norm", action="store_true", help="GPT with LayerNorm on queries and keys")
-    parser.add_argument("--step-start-ratio", type=float, default=0.18,
-                        help="first guided fraction of the codes for --cfg-schedule step")
-    # Ours.
-    parser.add_argument("--ema", action="store_true", help="load the checkpoint's 'ema' weights")
     parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+    table: dict[str, str] = {}
+    for section in SAMPLER_SECTIONS:
+        table.update(add_config_flags(parser.add_argument_group(f"{section} (config section '{section}')"),
+                                      GPTSampleConfig, section))
+    return table
 
 
-def check_sampler_flags(args: argparse.Namespace) -> None:
-    """Reject unsupported or inconsistent shared flags before any model is built."""
-    if args.gpt_type != "c2i":
-        raise UserError("--gpt-type t2i is not supported: GigaTok samples class-conditional GPTs (--gpt-type c2i).")
-    if args.quant_way != "vq":
-        raise UserError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
-    if args.adaLN or args.simple_adaLN:
-        raise UserError("--adaLN / --simple-adaLN are not supported: no released GigaTok GPT uses adaptive "
-                         "LayerNorm; drop the flag.")
-    if args.rope and args.gpt_2d:
-        raise UserError("--rope (GigaTok 1D RoPE) and --gpt-2d (LlamaGen 2D RoPE) exclude each other; pass one.")
-    if args.tok_config is None:
+def check_sampler_config(config: GPTSampleConfig) -> None:
+    """Reject unsupported or inconsistent settings before any model is built."""
+    check_gpt_flags(config.model)
+    if config.tokenizer.quant_way != "vq":
+        raise UserError(f"--quant-way {config.tokenizer.quant_way} is not supported: GigaTok tokenizers are VQ "
+                        "(--quant-way vq).")
+    if config.tokenizer.tok_config is None:
         raise UserError("--tok-config is required: the tokenizer's YAML, e.g. configs/vq/VQ_XLXXL256.yaml, "
-                         "matching --vq-ckpt.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
-    if args.per_proc_batch_size <= 0:
-        raise UserError(f"--per-proc-batch-size must be positive, got {args.per_proc_batch_size}.")
+                        "matching --vq-ckpt.")
 
 
-def resolve_image_sizes(args: argparse.Namespace, config: VQConfig) -> tuple[int, int]:
+def resolve_image_sizes(config: GPTSampleConfig, vq_config: VQConfig) -> tuple[int, int]:
     """(generated size, saved size): --image-size must be the tokenizer's; --image-size-eval defaults to it."""
-    config_size = config.model.init_args.image_size
-    image_size = args.image_size or config_size
+    config_size = vq_config.model.init_args.image_size
+    image_size = config.tokenizer.image_size or config_size
     if image_size != config_size:
         raise UserError(
             f"--image-size {image_size} differs from the tokenizer config's image_size {config_size} "
-            f"('{args.tok_config}'). Pass --image-size {config_size} (the official default 384 does not fit the "
-            "256 px GigaTok tokenizers), or omit the flag."
+            f"('{config.tokenizer.tok_config}'). Pass --image-size {config_size} (the official default 384 does not "
+            "fit the 256 px GigaTok tokenizers), or omit the flag."
         )
-    return image_size, args.image_size_eval or image_size
+    return image_size, config.sample.image_size_eval or image_size
 
 
-def cfg_schedule_kwargs(args: argparse.Namespace) -> dict[str, float]:
+def cfg_schedule_kwargs(config: GPTSampleConfig) -> dict[str, float]:
     """Schedule options of the official samplers: only `step` takes one (--step-start-ratio); validated here."""
-    kwargs = {"window_start": args.step_start_ratio} if args.cfg_schedule == "step" else {}
+    s = config.sample
+    kwargs = {"window_start": s.step_start_ratio} if s.cfg_schedule == "step" else {}
     try:
-        cfg_schedule_values(args.cfg_scale, 2, args.cfg_schedule, kwargs, args.cfg_interval)
+        cfg_schedule_values(s.cfg_scale, 2, s.cfg_schedule, kwargs, s.cfg_interval)
     except ValueError as err:
         raise UserError(f"--cfg-schedule: {err}") from None
     return kwargs
 
 
-def check_checkpoint_files(args: argparse.Namespace) -> None:
+def check_checkpoint_files(config: GPTSampleConfig) -> None:
     """A missing --vq-ckpt / --gpt-ckpt file fails here, before the models are built."""
-    for ckpt in (args.vq_ckpt, args.gpt_ckpt):
+    for ckpt in (config.tokenizer.vq_ckpt, config.model.gpt_ckpt):
         if ckpt is not None:
             resolve_checkpoint_path(ckpt)
 
 
-def resolve_dtype(precision: str, device: torch.device, logger: logging.Logger) -> tuple[str, torch.dtype]:
-    """(effective precision name, GPT dtype); fp16 on CPU falls back to fp32 with a warning."""
-    if precision == "fp16" and device.type == "cpu":
-        logger.warning("--precision fp16 is not supported on CPU; running in fp32 instead")
-        precision = "none"
-    return precision, {"none": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+def sampling_dtype(precision: str, device: torch.device) -> tuple[str, torch.dtype]:
+    """(effective precision name, dtype the GPT is cast to); fp16 on CPU falls back to fp32 with a warning. Sets
+    TF32 on CUDA, as the official samplers."""
+    amp_dtype, precision = resolve_precision(precision, device, flag="--precision")
+    return precision, amp_dtype or torch.float32
 
 
-def gpt_size_hint(ckpt: Mapping[str, Any], gpt_model: str) -> str:
-    """' The checkpoint holds a <size> ...' when its width and depth name another registry size, else ''."""
-    try:
-        state = extract_state_dict(ckpt)
-    except CheckpointError:
-        return ""
-    if "tok_embeddings.weight" not in state:
-        return ""
-    dim = state["tok_embeddings.weight"].shape[1]
-    n_layer = len({key.split(".")[1] for key in state if key.startswith("layers.")})
-    for name, size in GPT_MODELS.items():
-        if name != gpt_model and (size["dim"], size["n_layer"]) == (dim, n_layer):
-            return f"\n  The checkpoint holds a {n_layer}-layer GPT of width {dim}: pass --gpt-model {name}."
-    return ""
-
-
-def gpt_pos_type(args: argparse.Namespace) -> str:
-    return "rope_2d" if args.gpt_2d else "rope_1d" if args.rope else "learned_1d"
-
-
-def load_models(args: argparse.Namespace, config: VQConfig, device: torch.device, dtype: torch.dtype,
-                logger: logging.Logger) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The tokenizer (fp32, eval) and the GPT sized for its codes (cast to `dtype`, eval)."""
-    if args.vq_ckpt is None:
+def load_models(config: GPTSampleConfig, vq_config: VQConfig, device: torch.device,
+                dtype: torch.dtype) -> tuple[torch.nn.Module, GPT]:
+    """The tokenizer (fp32, eval) and the GPT (cast to `dtype`, eval). The GPT's architecture is the one its
+    checkpoint records (our runs), else the flags' and its weights' (official files); it must model the tokenizer's
+    codes. `config.model` is filled in with what was resolved (size, vocabulary, length, classes)."""
+    m = config.model
+    if config.tokenizer.vq_ckpt is None:
         logger.warning("!!! no --vq-ckpt: the tokenizer has RANDOM weights, the images will be noise "
                        "(smoke tests only) !!!")
-    tokenizer = load_tokenizer(args.vq_ckpt, config, device=device)
-    num_token = tokenizer.num_tokens if args.num_token is None else args.num_token
+    tokenizer = load_tokenizer(config.tokenizer.vq_ckpt, vq_config, device=device)
+    num_token = config.sample.num_token or tokenizer.num_tokens
     if num_token != tokenizer.num_tokens:
         raise UserError(f"--num-token {num_token} differs from the tokenizer's {tokenizer.num_tokens} codes per "
-                         "image; decoding a partial sequence is not supported. Omit --num-token.")
-    # The GPT's vocabulary and length follow the tokenizer, as in the official sampler.
-    gpt_kwargs: dict[str, Any] = {
-        "pos_type": gpt_pos_type(args), "vocab_size": tokenizer.codebook_size, "block_size": num_token,
-        "num_classes": args.num_classes, "cls_token_num": args.cls_token_num, "use_qk_norm": args.qk_norm,
-    }
-    try:
-        build_gpt_config(args.gpt_model, **gpt_kwargs)
-    except ValueError as err:  # e.g. --cls-token-num other than 1, --gpt-2d with a non-square token count
-        raise UserError(f"cannot build {args.gpt_model} for this tokenizer: {err}") from None
-    if args.gpt_ckpt is None:
+                        "image; decoding a partial sequence is not supported. Omit --num-token.")
+    ckpt = read_checkpoint(m.gpt_ckpt) if m.gpt_ckpt is not None else None
+    source = f"--gpt-ckpt '{m.gpt_ckpt}'" if m.gpt_ckpt else "the random GPT"
+    gpt_config = resolve_checkpoint_gpt(m, ckpt, vocab_size=tokenizer.codebook_size, block_size=num_token,
+                                        source=source)
+    check_gpt_fits_tokenizer(gpt_config, tokenizer.codebook_size, num_token, source, config.tokenizer.tok_config)
+    config.model = dataclasses.replace(m, gpt_model=m.gpt_model or _size_name(ckpt) or "GPT-B",
+                                       vocab_size=gpt_config.vocab_size, block_size=gpt_config.block_size,
+                                       num_classes=gpt_config.num_classes)
+    if ckpt is None:
         logger.warning("!!! no --gpt-ckpt: the GPT has RANDOM weights, the samples are meaningless "
                        "(smoke tests only) !!!")
-        gpt = build_gpt(args.gpt_model, **gpt_kwargs).to(device).eval()
+        gpt = GPT(gpt_config).to(device).eval()
     else:
-        ckpt = read_checkpoint(args.gpt_ckpt)
-        recorded = recorded_gpt_fields(ckpt)  # our runs record their GPT config; official files don't
-        if recorded is not None:
-            if recorded.get("num_classes") != args.num_classes:
-                raise UserError(f"--gpt-ckpt '{args.gpt_ckpt}' was trained with {recorded.get('num_classes')} "
-                                 f"classes but --num-classes is {args.num_classes}: pass --num-classes "
-                                 f"{recorded.get('num_classes')}.")
-            gpt_kwargs = {**gpt_kwargs, **{k: v for k, v in recorded.items() if k not in gpt_kwargs}}
-        if args.ema and "ema" not in ckpt:
-            logger.warning(f"--ema: '{args.gpt_ckpt}' has no 'ema' entry; using its 'model' weights")
+        if config.sample.ema and "ema" not in ckpt:
+            logger.warning(f"--ema: '{m.gpt_ckpt}' has no 'ema' entry; using its 'model' weights")
         try:
-            gpt = load_gpt(ckpt, args.gpt_model, use_ema=args.ema, device=device, **gpt_kwargs)
+            gpt = load_gpt(ckpt, gpt_config, use_ema=config.sample.ema, device=device)
         except CheckpointError as err:
-            raise CheckpointError(f"--gpt-ckpt '{args.gpt_ckpt}' with --gpt-model {args.gpt_model}: {err}"
-                                  f"{gpt_size_hint(ckpt, args.gpt_model)}") from None
+            raise CheckpointError(f"{source} with --gpt-model {config.model.gpt_model}: {err}") from None
         del ckpt
     return tokenizer, gpt.to(dtype)
 
 
+def _size_name(ckpt: dict | None) -> str | None:
+    from gigatok.builders import recorded_gpt_model
+
+    return recorded_gpt_model(ckpt) if ckpt is not None else None
+
+
+def check_gpt_fits_tokenizer(gpt_config: GPTConfig, vocab_size: int, num_tokens: int, source: str,
+                             tok_config: str | None) -> None:
+    """The GPT must model the tokenizer's codes: the same vocabulary, and at least its codes per image."""
+    if gpt_config.vocab_size != vocab_size or gpt_config.block_size != num_tokens:
+        raise UserError(f"{source} models {gpt_config.block_size} codes from a vocabulary of {gpt_config.vocab_size}, "
+                        f"but the tokenizer '{tok_config}' gives {num_tokens} codes from {vocab_size}: pass the "
+                        "tokenizer the GPT was trained on (--tok-config / --vq-ckpt).")
+
+
 def generate_images(gpt: torch.nn.Module, tokenizer: torch.nn.Module, labels: torch.Tensor, seed: int,
-                    args: argparse.Namespace, schedule_kwargs: dict[str, float], image_size: int,
+                    config: GPTSampleConfig, schedule_kwargs: dict[str, float], image_size: int,
                     image_size_eval: int) -> np.ndarray:
-    """Sample codes for `labels` (B,) int64 with the sampling flags of `args`, decode them, convert to uint8.
+    """Sample codes for `labels` (B,) int64 with the `sample` settings, decode them, convert to uint8.
 
     Conversion as the official samplers: bicubic `F.interpolate` (no antialias) when the saved size differs, then
     `clamp(127.5 x + 128, 0, 255)` truncated to uint8.
@@ -222,36 +178,16 @@ def generate_images(gpt: torch.nn.Module, tokenizer: torch.nn.Module, labels: to
     Returns:
         (B, S_eval, S_eval, 3) uint8 numpy array.
     """
+    s = config.sample
     generator = torch.Generator(labels.device).manual_seed(seed)
-    codes = generate(gpt, labels, tokenizer.num_tokens, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
-                     cfg_schedule_kwargs=schedule_kwargs, cfg_interval=args.cfg_interval,
-                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
-                     compile=args.compile)  # (B, L) int64
+    codes = generate(gpt, labels, tokenizer.num_tokens, cfg_scale=s.cfg_scale, cfg_schedule=s.cfg_schedule,
+                     cfg_schedule_kwargs=schedule_kwargs, cfg_interval=s.cfg_interval, temperature=s.temperature,
+                     top_k=s.top_k, top_p=s.top_p, generator=generator, compile=s.compile)  # (B, L) int64
     with torch.no_grad():
         images = tokenizer.decode_code(codes).float()  # (B, 3, S, S), unclamped ~[-1, 1]
         if image_size_eval != image_size:
             images = F.interpolate(images, size=(image_size_eval, image_size_eval), mode="bicubic")
     return to_uint8(images).numpy()  # (B, S_eval, S_eval, 3)
-
-
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file with a header ([] when it does not exist)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def append_csv_row(path: Path, row: dict[str, Any], columns: list[str]) -> None:
-    """Append one row (None -> empty) by an atomic rewrite; columns of an existing file that `columns` lacks are
-    kept after them."""
-    rows = read_csv_rows(path)
-    columns = columns + [c for c in (rows[0].keys() if rows else []) if c not in columns]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, restval="")
-    writer.writeheader()
-    writer.writerows([*rows, {k: "" if v is None else v for k, v in row.items()}])
-    write_text_atomic(path, text.getvalue())
 
 
 # ---- FID sampling plan and chunk files (gigatok.stages.sample_c2i) ----

@@ -168,10 +168,6 @@ class GPT(nn.Module):
     def has_null_class(self) -> bool:
         return self.config.class_dropout_prob > 0
 
-    def get_fsdp_wrap_module_list(self) -> list[nn.Module]:
-        """FSDP wrap units: the transformer blocks."""
-        return list(self.layers)
-
     # ----------------------------------------------------------------------------------------------------------
     # shared pieces of every forward
     def _embed(self, codes: torch.Tensor | None, labels: torch.Tensor | None,

@@ -130,6 +130,15 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
             meta device: no second copy of the weights in memory).
     """
     state = {k: v for k, v in state.items() if not (ignore and k.endswith(ignore))}
+    check_state_dict(module, state, source, hint)
+    module.load_state_dict(state, strict=True, assign=assign)
+
+
+def check_state_dict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                     hint: str = "Check that the config matches the checkpoint (e.g. VQ_SS256.yaml for "
+                     "VQ_SS256_e100.pt).") -> None:
+    """Raise a readable `CheckpointError` unless `state` has exactly the module's keys and shapes (global shapes for
+    an FSDP2-sharded module)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -148,4 +157,3 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
             + _fmt("shape mismatches", mismatched)
             + f"\n  {hint}"
         )
-    module.load_state_dict(state, strict=True, assign=assign)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from gigatok.errors import UserError
 from gigatok.infra.host_memory import tune_cpu_allocator
 
 
@@ -27,11 +28,11 @@ class DistInfo:
 
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is a ValueError (a user error)."""
+    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is a `UserError`."""
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device '{device}': use auto, cpu or cuda")
+        raise UserError(f"unknown device '{device}': use auto, cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA GPU is visible; use --device cpu (or auto)")
+        raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu (or auto)")
     if device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
@@ -53,20 +54,6 @@ def cpu_bf16_warning(device: torch.device, dtype: torch.dtype | None) -> str | N
         return None
     return ("bf16 autocast on this CPU is emulated (no AVX512-BF16/AMX kernels) and usually several times slower "
             "than fp32: prefer --mixed-precision none here")
-
-
-def cnn_channels_last_for_training(setting: bool | None, device: torch.device) -> bool:
-    """Resolve `model.init_args.cnn_channels_last` for training on `device`: True/False as set, None = auto.
-
-    Auto is channels-last (cuDNN, and oneDNN's AVX-512 kernels, run convolutions fastest in it; so does every
-    CPU in inference), except on x86 CPUs without AVX-512. There oneDNN's channels-last weight-gradient kernel
-    (jit:avx2) is 4-5x slower than its blocked one from 128 px up (a 128-channel 3x3 conv at 256 px, batch 2:
-    2.2 s vs 0.45 s on a Zen 3 core pair), and torch's channels-last GroupNorm backward is ~6x slower than its
-    NCHW one; an S-S train step took 56 s channels-last and 39 s NCHW there.
-    """
-    if setting is not None:
-        return bool(setting)
-    return not (device.type == "cpu" and torch.backends.cpu.get_cpu_capability() == "AVX2")
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from gigatok.infra.checkpoint import extract_state_dict, load_state_dict_strict
-from gigatok.infra.run_state import unwrap_model
+from gigatok.infra.parallel import unwrap
 
 OFFICIAL_EMA_DECAY = 0.9999
 
@@ -50,7 +50,7 @@ class EMA:
         self.warmup = warmup
         self.average_buffers = average_buffers
         self.num_updates = 0
-        self.module = copy.deepcopy(unwrap_model(model)).eval()
+        self.module = copy.deepcopy(unwrap(model)).eval()
         if device is not None:
             self.module.to(device)
         self.module.requires_grad_(False)
@@ -65,7 +65,7 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Fold the current weights of `model` (wrapped or not) into the average; call after `optimizer.step()`."""
         decay = self.current_decay()
-        source = unwrap_model(model)
+        source = unwrap(model)
         model_params = dict(source.named_parameters())
         ema_pairs, model_tensors = [], []
         for name, ema_param in self.module.named_parameters():

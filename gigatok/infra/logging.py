@@ -22,10 +22,27 @@ import torch
 import torch.distributed as dist
 
 from gigatok.infra.dist import get_world_size, is_main_process, setup_logging
+from gigatok.infra.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 WANDB_MODES = ("disabled", "online", "offline")
+
+
+def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
+    """Drop the `metrics.jsonl` lines logged after `step` (rank 0 only): a resumed run redoes those steps and logs
+    them again, so each step keeps one line. Cut-off lines (a kill in the middle of a write) go too."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not is_main_process() or not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except json.JSONDecodeError:  # empty, or cut off by a kill in the middle of a write
+            continue
+    write_text_atomic(path, "".join(kept))
 
 
 def reduce_metrics(metrics: Mapping[str, torch.Tensor | float]) -> dict[str, float]:

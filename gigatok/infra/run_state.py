@@ -1,27 +1,33 @@
-"""Training-run checkpoints: one self-describing file per save, written atomically, found and resumed safely.
+"""Training-run checkpoints: one self-describing file per save, written atomically, and ONE resume path for every
+trainer.
 
 Layout: `{run_dir}/checkpoints/{step:07d}.pt` (official name), each ONE dict:
 
     version         CHECKPOINT_VERSION of this layout
     step, steps     global optimizer steps taken ("steps" is the official alias, read by official tools)
-    model           bare state dict (no `module.` / `_orig_mod.` prefixes)
+    model           bare state dict (no `module.` / `_orig_mod.` prefixes), gathered to full tensors under FSDP2
     ema             EMA state dict, same keys as "model" (official loaders prefer it)       [if an EMA is used]
-    optimizer       generator optimizer state dict                                          [if given]
+    optimizer       generator optimizer state dict (param ids; parameter names under FSDP2) [if given]
     discriminator, optimizer_disc                                                            [tokenizer GAN]
     scaler, scaler_disc  GradScaler state dicts                                             [fp16 only]
+    data_state      resumable sampler state (`ResumableDistributedSampler.state_dict()`)
     rng             list indexed by rank: {python, numpy, torch, cuda} generator states of EVERY rank
     world_size      number of ranks that wrote "rng" (and consumed "data_state")
-    data_state      resumable sampler state (`ResumableDistributedSampler.state_dict()`)
     config          the resolved run config as plain containers
-    extra           anything else the entry point wants back (plain containers / tensors)
+    extra           everything else the trainer wants back: loop counters, guards, format notes
 
-RNG states: gathered to rank 0 with `all_gather_object` and stored in the single file (not one file per rank),
-so a run directory stays one file per step, retention and "latest" logic see whole checkpoints only, and a
-half-written per-rank set can never be picked up. The cost is a few KB per rank. Consequently
-`save_training_checkpoint` is a collective: every rank calls it; only rank 0 writes.
+`CheckpointManager` (after torchtitan's `Stateful` objects and `CheckpointManager`): a trainer registers every object
+that has state under its entry name (`"model"`, `"extra.guard"`, ...), wrapped in one of the `*State` adapters below.
+`save(step)` asks each for its entry; `restore(path)` hands each entry back in one loop, then the RNG streams, so a new
+object cannot be remembered by one trainer and forgotten by another. An entry a checkpoint lacks (official files,
+older runs) goes to the object's `missing` hook: a documented fallback or a warning.
 
-Every value is a tensor or a plain container, so `read_checkpoint` (torch.load with `weights_only=True`) opens
-these files without running pickled code; `save_training_checkpoint` rejects anything else before writing.
+RNG states are gathered to rank 0 with `all_gather_object` and stored in the single file (not one file per rank), so
+a run directory stays one file per step and a half-written per-rank set can never be picked up; `save` is therefore a
+collective: every rank calls it; only rank 0 writes.
+
+Every value is a tensor or a plain container, so `read_checkpoint` (torch.load with `weights_only=True`) opens these
+files without running pickled code; `save` rejects anything else before writing.
 """
 from __future__ import annotations
 
@@ -32,18 +38,12 @@ import random
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
-from gigatok.infra.checkpoint import (
-    CheckpointError,
-    extract_state_dict,
-    load_state_dict_strict,
-    read_checkpoint,
-)
+from gigatok.infra.checkpoint import CheckpointError, read_checkpoint
 from gigatok.infra.dist import (
     all_gather_objects,
     barrier,
@@ -51,25 +51,13 @@ from gigatok.infra.dist import (
     get_world_size,
     is_main_process,
 )
-from gigatok.infra.io import torch_save_atomic
-from gigatok.infra.optim import load_optimizer_state
+from gigatok.infra.io import remove_stale_temporaries, torch_save_atomic
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_SUBDIR = "checkpoints"
 _CKPT_NAME = re.compile(r"^(\d+)\.pt$")  # `.pt.tmp` leftovers of an interrupted write never match
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers, in any nesting order."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
@@ -108,12 +96,8 @@ def gather_rng_states() -> list[dict[str, Any]]:
 def restore_rng(checkpoint: Mapping[str, Any], rank: int | None = None) -> bool:
     """Put this rank's saved generator states back (python, numpy, torch CPU, CUDA if saved and available).
 
-    Args:
-        checkpoint: a dict from `load_training_checkpoint`.
-        rank: whose state to restore; default this process's rank.
-
-    Call it after building the model (whose init draws random numbers) and before the first DataLoader
-    iterator is created: worker seeds are drawn from the torch generator when an iterator starts.
+    Call it after building the models (whose init draws random numbers) and before the first DataLoader iterator
+    is created: worker seeds are drawn from the torch generator when an iterator starts.
 
     Returns:
         True if restored; False (with a warning) when the file has no RNG states (official checkpoints) or none
@@ -144,14 +128,14 @@ def restore_rng(checkpoint: Mapping[str, Any], rank: int | None = None) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Save
+# Plain values only (weights_only loading)
 # ----------------------------------------------------------------------------------------------------------------
 
 # Exact types: np.float64 subclasses float but pickles as a numpy object that weights_only loading refuses.
 _PLAIN_SCALARS = (type(None), bool, int, float, str)
 
 
-def _check_plain(obj: Any, where: str) -> None:
+def check_plain(obj: Any, where: str) -> None:
     """Raise TypeError naming the first value `weights_only` loading would refuse (checked before writing)."""
     if type(obj) in _PLAIN_SCALARS or isinstance(obj, (torch.Tensor, torch.dtype, torch.Size)):
         return
@@ -159,96 +143,19 @@ def _check_plain(obj: Any, where: str) -> None:
         for key, value in obj.items():
             if not isinstance(key, (str, int)):
                 raise TypeError(f"checkpoint entry {where} has a {type(key).__name__} key; use str or int keys")
-            _check_plain(value, f"{where}[{key!r}]")
+            check_plain(value, f"{where}[{key!r}]")
         return
     if isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
-            _check_plain(value, f"{where}[{i}]")
+            check_plain(value, f"{where}[{i}]")
         return
     raise TypeError(f"checkpoint entry {where} is a {type(obj).__name__}: only tensors, python numbers, strings, "
                     "None and dict/list/tuple of those can be saved (convert configs with OmegaConf.to_container "
                     "or dataclasses.asdict, numpy values with float()/int() or torch.from_numpy)")
 
 
-def _module_state(obj: nn.Module | Mapping[str, Any], what: str) -> dict[str, Any]:
-    """A bare state dict from a (possibly wrapped) module, or a ready-made mapping (e.g. FSDP full state)."""
-    if isinstance(obj, nn.Module):
-        state = unwrap_model(obj).state_dict()
-    elif isinstance(obj, Mapping) or hasattr(obj, "state_dict"):
-        state = obj if isinstance(obj, Mapping) else obj.state_dict()  # EMA objects have `state_dict`
-    else:
-        raise TypeError(f"{what}: expected a module, an object with state_dict() or a state dict, got {type(obj)}")
-    if any(type(v).__name__ == "DTensor" for v in state.values()):
-        raise NotImplementedError(
-            f"{what} holds sharded DTensors (FSDP2): pass a full state dict instead, e.g. "
-            "torch.distributed.checkpoint.state_dict.get_model_state_dict(model, options=StateDictOptions("
-            "full_state_dict=True, cpu_offload=True))")
-    return extract_state_dict({"model": state}, prefer=("model",), source=what)  # strips wrapper prefixes
-
-
-def save_training_checkpoint(run_dir: str | os.PathLike, step: int, *, model: nn.Module | Mapping[str, Any],
-                             ema: Any = None, optimizer: torch.optim.Optimizer | Mapping[str, Any] | None = None,
-                             discriminator: nn.Module | Mapping[str, Any] | None = None,
-                             optimizer_disc: torch.optim.Optimizer | Mapping[str, Any] | None = None,
-                             scaler: Any = None, scaler_disc: Any = None,
-                             data_state: Mapping[str, Any] | None = None, config_dict: Any = None,
-                             extra: Mapping[str, Any] | None = None) -> Path:
-    """Write `{run_dir}/checkpoints/{step:07d}.pt` atomically. COLLECTIVE: call on every rank, at the same step.
-
-    All ranks contribute their RNG states; only rank 0 builds the dict and writes it (tmp file, fsync,
-    `os.replace`); then all ranks meet at a barrier, so nobody reads or prunes a file still being written.
-    Call it at the end of step `step` (after the optimizer/EMA updates): resuming then starts step `step`.
-
-    Args:
-        run_dir: the run directory.
-        step: optimizer steps taken so far.
-        model: the generator (wrapped or not) or its full state dict.
-        ema: an `EMA`, an EMA module, or a state dict; None to omit (official loaders check for the key).
-        optimizer, optimizer_disc: optimizers or their state dicts (DDP: rank 0's state is everyone's).
-        discriminator: the GAN discriminator (tokenizer training), wrapped or not.
-        scaler, scaler_disc: `torch.amp.GradScaler`s; saved only when enabled (fp16).
-        data_state: the sampler state (`ResumableDistributedSampler.state_dict()`); rank-symmetric.
-        config_dict: the resolved config (dict, dataclass or OmegaConf container).
-        extra: other plain values to get back on resume (e.g. `NonFiniteGuard.state_dict()`).
-
-    Returns:
-        The checkpoint path (on every rank).
-    """
-    path = checkpoint_path(run_dir, step)
-    # Validate the caller's plain entries on every rank BEFORE any collective, so a bad value raises everywhere
-    # instead of leaving the other ranks waiting at the barrier.
-    plain = {"data_state": None if data_state is None else dict(data_state),
-             "config": None if config_dict is None else _plain_config(config_dict),
-             "extra": None if extra is None else dict(extra)}
-    for key, value in plain.items():
-        _check_plain(value, f"'{key}'")
-    rng_states = gather_rng_states()  # collective: before the rank-0 branch
-    if is_main_process():
-        ckpt: dict[str, Any] = {"version": CHECKPOINT_VERSION, "step": int(step), "steps": int(step),
-                                "model": _module_state(model, "model")}
-        if ema is not None:
-            ckpt["ema"] = _module_state(ema, "ema")
-        for name, obj in (("optimizer", optimizer), ("optimizer_disc", optimizer_disc)):
-            if obj is not None:
-                ckpt[name] = obj if isinstance(obj, Mapping) else obj.state_dict()
-        if discriminator is not None:
-            ckpt["discriminator"] = _module_state(discriminator, "discriminator")
-        for name, obj in (("scaler", scaler), ("scaler_disc", scaler_disc)):
-            if obj is not None and (not hasattr(obj, "is_enabled") or obj.is_enabled()):
-                ckpt[name] = obj.state_dict() if hasattr(obj, "state_dict") else obj
-        ckpt["rng"] = rng_states
-        ckpt["world_size"] = get_world_size()
-        ckpt.update({key: value for key, value in plain.items() if value is not None})
-        for key in ("optimizer", "optimizer_disc", "scaler", "scaler_disc"):
-            if key in ckpt:
-                _check_plain(ckpt[key], f"'{key}'")
-        torch_save_atomic(ckpt, path)
-        logger.info("saved checkpoint %s", path)
-    barrier()
-    return path
-
-
-def _plain_config(config: Any) -> Any:
+def plain_config(config: Any) -> Any:
+    """A config (dataclass, OmegaConf container or dict) as plain containers."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return dataclasses.asdict(config)
     if type(config).__module__.startswith("omegaconf"):
@@ -259,7 +166,7 @@ def _plain_config(config: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Find, load, restore
+# Find, load, prune
 # ----------------------------------------------------------------------------------------------------------------
 
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -271,8 +178,8 @@ def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def find_latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest readable checkpoint of a run, or None.
+def find_latest_checkpoint(run_dir: str | os.PathLike, max_step: int | None = None) -> Path | None:
+    """The newest readable checkpoint of a run (at most `max_step`), or None.
 
     Looks in `{run_dir}/checkpoints` (or in `run_dir` itself if it has no such sub-folder). `.tmp` leftovers of
     an interrupted write are never considered; a file that cannot be opened (truncated, corrupt) is skipped
@@ -282,6 +189,8 @@ def find_latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     if not ckpt_dir.is_dir():
         ckpt_dir = Path(run_dir)
     for step, path in reversed(list_checkpoints(ckpt_dir)):
+        if max_step is not None and step > max_step:
+            continue
         try:
             ckpt = read_checkpoint(path)
             if "step" not in ckpt and "steps" not in ckpt:
@@ -322,63 +231,23 @@ def load_training_checkpoint(path: str | os.PathLike, map_location: str | torch.
     return ckpt
 
 
-def restore_training_state(checkpoint: Mapping[str, Any], *, model: nn.Module, ema: Any = None,
-                           optimizer: torch.optim.Optimizer | None = None, discriminator: nn.Module | None = None,
-                           optimizer_disc: torch.optim.Optimizer | None = None, scaler: Any = None,
-                           scaler_disc: Any = None) -> int:
-    """Load every entry of `checkpoint` into the given (possibly wrapped) objects; return the step to resume at.
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """The official `manage_ckpt_num` policy. Milestones are steps `milestone_start + k * milestone_every`
+    (k >= 0); kept: the newest `max_milestones` milestones, and the newest `keep_last` non-milestone checkpoints that
+    are newer than the newest milestone. Official values: every 50k from 50k, 30 milestones (tokenizer) / 40 (GPT),
+    10 non-milestones."""
 
-    Modules are loaded strictly (readable error on any key/shape mismatch). An object passed without a matching
-    entry is left as is, with a warning (e.g. an EMA added to a run that had none starts from the model).
-    RNG and sampler state are restored separately: `restore_rng(checkpoint)`,
-    `sampler.load_state_dict(checkpoint["data_state"])`.
-    """
-    step = int(checkpoint["step"])
-    load_state_dict_strict(unwrap_model(model), extract_state_dict(checkpoint, prefer=("model",)),
-                           source="checkpoint 'model'")
-    if ema is not None:
-        if "ema" in checkpoint:
-            ema.load_state_dict(checkpoint["ema"], num_updates=step)
-        else:
-            logger.warning("checkpoint has no 'ema' entry: the EMA restarts from the resumed model weights")
-            ema.module.load_state_dict(unwrap_model(model).state_dict())
-            ema.num_updates = step
-    if discriminator is not None:
-        if "discriminator" in checkpoint:
-            load_state_dict_strict(unwrap_model(discriminator),
-                                   extract_state_dict(checkpoint, prefer=("discriminator",)),
-                                   source="checkpoint 'discriminator'")
-        else:
-            logger.warning("checkpoint has no 'discriminator' entry: the discriminator starts fresh")
-    for name, obj in (("optimizer", optimizer), ("optimizer_disc", optimizer_disc),
-                      ("scaler", scaler), ("scaler_disc", scaler_disc)):
-        if obj is None:
-            continue
-        if name in checkpoint:
-            if isinstance(obj, torch.optim.Optimizer):
-                load_optimizer_state(obj, checkpoint[name])  # keeps the built kernel (fused or not)
-            else:
-                obj.load_state_dict(checkpoint[name])
-            continue
-        scaler_off = name.startswith("scaler") and not obj.is_enabled()  # bf16/fp32 runs never save a scaler
-        if not scaler_off:
-            logger.warning("checkpoint has no '%s' entry: it starts fresh", name)
-    return step
+    keep_last: int = 10
+    milestone_every: int = 50_000
+    milestone_start: int = 50_000
+    max_milestones: int = 30
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Retention
-# ----------------------------------------------------------------------------------------------------------------
 
 def prune_checkpoints(ckpt_dir: str | os.PathLike, keep_last: int = 10, milestone_every: int = 50_000,
                       milestone_start: int = 50_000, max_milestones: int = 30) -> list[Path]:
-    """Delete old checkpoints with the official `manage_ckpt_num` policy (rank 0 only; a no-op elsewhere).
-
-    Milestones are steps `milestone_start + k * milestone_every` (k >= 0). Kept: the newest `max_milestones`
-    milestones, and the newest `keep_last` non-milestone checkpoints that are newer than the newest milestone
-    (older non-milestones are superseded by it). The newest checkpoint is never deleted. Official values:
-    every 50k from 50k, 30 milestones (tokenizer) / 40 (GPT), 10 non-milestones. Leftover `*.pt.tmp` files
-    from interrupted writes are removed as well.
+    """Delete old checkpoints with the `Retention` policy (rank 0 only; a no-op elsewhere). The newest checkpoint
+    is never deleted; leftover `*.tmp` files of interrupted writes are removed as well.
 
     Returns:
         The deleted paths.
@@ -404,9 +273,105 @@ def prune_checkpoints(ckpt_dir: str | os.PathLike, keep_last: int = 10, mileston
             continue
         path.unlink(missing_ok=True)
         deleted.append(path)
-    for tmp in Path(ckpt_dir).glob("*.pt.tmp"):
-        tmp.unlink(missing_ok=True)
-        deleted.append(tmp)
+    deleted += remove_stale_temporaries(ckpt_dir)
     if deleted:
         logger.info("pruned %d old checkpoint file(s) in %s", len(deleted), ckpt_dir)
     return deleted
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The one save / resume path
+# ----------------------------------------------------------------------------------------------------------------
+
+class State(Protocol):
+    """Something a checkpoint entry saves and restores (see the adapters in `gigatok.infra.states`)."""
+
+    def save(self) -> Any:
+        """The entry's value (plain containers / tensors); None leaves the entry out. May be a collective (FSDP2):
+        `CheckpointManager.save` calls it on every rank."""
+
+    def load(self, entry: Any, checkpoint: Mapping[str, Any]) -> None:
+        """Restore from the entry (`checkpoint` is the whole file, for context such as its step)."""
+
+    def missing(self, checkpoint: Mapping[str, Any]) -> None:
+        """The checkpoint has no such entry: fall back (and say so)."""
+
+
+_RESERVED = {"version", "step", "steps", "rng", "world_size", "config", "extra"}
+
+
+class CheckpointManager:
+    """Saves and restores every registered state of a training run (see the module docstring).
+
+    Args:
+        run_dir: where `checkpoints/` lives (each `save` may name another folder, e.g. a WSD cool-down folder).
+        states: entry name -> `State`, in restore order. Dotted names ("extra.guard") live inside "extra".
+        config: the resolved run config (saved in every checkpoint).
+        retention: pruning policy applied after each save.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, states: Mapping[str, State], config: Any = None,
+                 retention: Retention = Retention()) -> None:
+        bad = sorted(set(states) & _RESERVED)
+        if bad:
+            raise ValueError(f"checkpoint entries {bad} are written by the manager itself")
+        self.run_dir = Path(run_dir)
+        self.states = dict(states)
+        self.config = None if config is None else plain_config(config)
+        self.retention = retention
+
+    def save(self, step: int, run_dir: str | os.PathLike | None = None) -> Path:
+        """Write `{run_dir}/checkpoints/{step:07d}.pt` atomically, then prune. COLLECTIVE: every rank calls it at the
+        same step; only rank 0 writes; all meet at a barrier after, so nobody reads or prunes a file being written.
+
+        Call it at the end of step `step` (after the optimizer/EMA updates): resuming then starts step `step`.
+        """
+        run_dir = self.run_dir if run_dir is None else Path(run_dir)
+        path = checkpoint_path(run_dir, step)
+        entries = {name: state.save() for name, state in self.states.items()}  # collective for FSDP2 states
+        top = {k: v for k, v in entries.items() if "." not in k and v is not None}
+        extra = {k.split(".", 1)[1]: v for k, v in entries.items() if "." in k and v is not None}
+        # Validate on every rank BEFORE the RNG collective, so that a bad value raises everywhere instead of
+        # leaving the other ranks waiting at a barrier.
+        for key in ("data_state", *(k for k in top if k.startswith(("scaler", "optimizer")))):
+            if key in top:
+                check_plain(top[key], f"'{key}'")
+        check_plain(extra, "'extra'")
+        check_plain(self.config, "'config'")
+        rng_states = gather_rng_states()  # collective: before the rank-0 branch
+        if is_main_process():
+            ckpt: dict[str, Any] = {"version": CHECKPOINT_VERSION, "step": int(step), "steps": int(step), **top,
+                                    "rng": rng_states, "world_size": get_world_size()}
+            if self.config is not None:
+                ckpt["config"] = self.config
+            if extra:
+                ckpt["extra"] = extra
+            torch_save_atomic(ckpt, path)
+            logger.info("saved checkpoint %s", path)
+        barrier()
+        r = self.retention
+        prune_checkpoints(checkpoint_dir(run_dir), r.keep_last, r.milestone_every, r.milestone_start,
+                          r.max_milestones)
+        return path
+
+    def restore(self, checkpoint: str | os.PathLike | Mapping[str, Any], *, only: tuple[str, ...] | None = None,
+                with_rng: bool = True) -> int:
+        """Restore every registered state from a checkpoint (path or loaded dict); returns its step.
+
+        Args:
+            only: restore just these entries (e.g. the weights for `--finetune`); the rest keep their fresh state.
+            with_rng: restore the RNG streams last (after every random init, before the first data iterator).
+        """
+        ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_training_checkpoint(checkpoint)
+        extra = ckpt.get("extra") or {}
+        for name, state in self.states.items():
+            if only is not None and name not in only:
+                continue
+            holder, key = (extra, name.split(".", 1)[1]) if "." in name else (ckpt, name)
+            if holder.get(key) is not None:
+                state.load(holder[key], ckpt)
+            else:
+                state.missing(ckpt)
+        if with_rng:
+            restore_rng(ckpt)
+        return int(ckpt["step"])

@@ -90,12 +90,18 @@ def checkpoint_summary(path: str | None) -> dict[str, Any] | None:
     return {"path": str(path), "step": None if step is None else int(step), "config": ckpt.get("config") or {}}
 
 
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config's fields by name: the sections of a GPT config.yaml merged (older runs saved a flat dict)."""
+    sections = [value for value in config.values() if isinstance(value, dict)]
+    return {k: v for section in sections for k, v in section.items()} if sections else dict(config)
+
+
 def build_report(args: argparse.Namespace) -> dict[str, Any]:
     """Collect every stage's output into one dict (missing stages are None)."""
     tok, gpt = checkpoint_summary(args.tok_ckpt), checkpoint_summary(args.gpt_ckpt)
     val_loss, probe = read_json(args.val_loss), read_json(args.lin_probe)
     gen, gen_file = find_gfid(args.gfid)
-    gpt_config = (gpt or {}).get("config", {})
+    gpt_config = flat_config((gpt or {}).get("config", {}))
     return {
         "name": args.name or Path(args.exp_dir).name,
         "tokenizer": {"checkpoint": args.tok_ckpt, "config": args.tok_config, "steps": (tok or {}).get("step")},

@@ -21,14 +21,21 @@ from typing import Any
 
 import torch
 
-from gigatok.builders import load_gpt, load_tokenizer, recorded_gpt_fields
+from gigatok.builders import (
+    check_gpt_flags,
+    load_gpt,
+    load_tokenizer,
+    resolve_checkpoint_gpt,
+)
+from gigatok.config import GPTModelConfig, GPTSampleConfig
+from gigatok.config.flags import add_config_flags, given_flags, resolve_config
 from gigatok.engine.linear_probe import (
     add_probe_arguments,
     run_probe,
     start_probe_stage,
 )
 from gigatok.errors import UserError
-from gigatok.gpt.model import GPT, GPT_MODELS
+from gigatok.gpt.model import GPT
 from gigatok.infra.checkpoint import (
     read_checkpoint,
     resolve_checkpoint_path,
@@ -36,40 +43,38 @@ from gigatok.infra.checkpoint import (
 from gigatok.infra.cli import run_stage
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, str]]:
+    """The probe flags, the GPT's (`model:` section of the GPT config: --gpt-ckpt, --gpt-model, --rope, ...) and
+    --n-layer / --ema. Returns (args, flag table of the GPT's)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_probe_arguments(parser)
-    parser.add_argument("--gpt-ckpt", type=str, required=True, help="GPT checkpoint (train_c2i or official)")
-    parser.add_argument("--gpt-model", type=str, choices=list(GPT_MODELS), default="GPT-B",
-                        help="size of an official checkpoint (ours record it)")
-    parser.add_argument("--rope", action="store_true", help="official checkpoint trained with --rope")
-    parser.add_argument("--adaLN", action="store_true", help="not supported (never released)")
-    parser.add_argument("--simple-adaLN", action="store_true", help="not supported (never released)")
-    parser.add_argument("--qk-norm", action="store_true", help="official checkpoint trained with --qk-norm")
+    table = add_config_flags(parser.add_argument_group("the GPT (config section 'model')"), GPTSampleConfig, "model")
     parser.add_argument("--n-layer", type=int, default=None, help="features after this block (default n_layer // 2)")
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights (official: 'model')")
-    return parser.parse_args(argv)
+    return parser.parse_args(argv), table
 
 
-def load_frozen_gpt(args: argparse.Namespace, vocab_size: int, block_size: int, device: torch.device) -> GPT:
-    """The GPT of `--gpt-ckpt` in eval mode: sized from its own record (our runs) or from the flags (official)."""
-    ckpt = read_checkpoint(args.gpt_ckpt)
-    recorded = recorded_gpt_fields(ckpt)
-    if recorded is not None:
-        fields = recorded
-        size = (ckpt.get("config") or {}).get("gpt_model", args.gpt_model)
-    else:  # official gpt_1d file: GigaTok's lin_probe builds it from the tokenizer's sizes and 1000 classes
-        fields = {"pos_type": "rope_1d" if args.rope else "learned_1d", "vocab_size": vocab_size,
-                  "block_size": block_size, "num_classes": 1000, "use_qk_norm": args.qk_norm}
-        size = args.gpt_model
-    gpt = load_gpt(ckpt, size, use_ema=args.ema, device=device, **fields)
-    if (gpt.config.vocab_size, gpt.config.block_size) != (vocab_size, block_size):
-        raise UserError(f"the GPT '{args.gpt_ckpt}' models {gpt.config.block_size} codes from a vocabulary of "
-                         f"{gpt.config.vocab_size}, but the tokenizer '{args.model_config}' gives {block_size} "
-                         f"codes from {vocab_size}: pass the tokenizer the GPT was trained on.")
+def gpt_model_config(args: argparse.Namespace, table: dict[str, str]) -> GPTModelConfig:
+    """The `model:` section from the GPT flags given on the command line."""
+    config, _ = resolve_config(GPTSampleConfig, None, given_flags(args, table), [])
+    return config.model
+
+
+def load_frozen_gpt(model: GPTModelConfig, vocab_size: int, block_size: int, device: torch.device,
+                    ema: bool = False, tok_config: str | None = None) -> GPT:
+    """The GPT of `model.gpt_ckpt` in eval mode, sized by its own record (our runs) or its flags and weights
+    (official files); it must model the tokenizer's codes and have a null class."""
+    ckpt = read_checkpoint(model.gpt_ckpt)
+    source = f"the GPT '{model.gpt_ckpt}'"
+    gpt_config = resolve_checkpoint_gpt(model, ckpt, vocab_size=vocab_size, block_size=block_size, source=source)
+    if (gpt_config.vocab_size, gpt_config.block_size) != (vocab_size, block_size):
+        raise UserError(f"{source} models {gpt_config.block_size} codes from a vocabulary of {gpt_config.vocab_size}, "
+                        f"but the tokenizer '{tok_config}' gives {block_size} codes from {vocab_size}: pass the "
+                        "tokenizer the GPT was trained on.")
+    gpt = load_gpt(ckpt, gpt_config, use_ema=ema, device=device)
     if not gpt.has_null_class:
-        raise UserError(f"the GPT '{args.gpt_ckpt}' has no null class (class_dropout_prob 0), which the probe "
-                         "feeds instead of the label; train it with class dropout > 0.")
+        raise UserError(f"{source} has no null class (class_dropout_prob 0), which the probe feeds instead of the "
+                        "label; train it with class dropout > 0.")
     return gpt.eval().requires_grad_(False)
 
 
@@ -86,27 +91,29 @@ def gpt_features_fn(tokenizer: torch.nn.Module, gpt: GPT, num_code: int, n_layer
     return features
 
 
-def probe(args: argparse.Namespace) -> dict[str, Any]:
+def probe(args: argparse.Namespace, model: GPTModelConfig) -> dict[str, Any]:
     """The GPT linear-probe stage; returns the val results."""
-    if args.adaLN or args.simple_adaLN:
-        raise UserError("--adaLN / --simple-adaLN are not supported: no released GPT uses adaptive LayerNorm.")
-    resolve_checkpoint_path(args.gpt_ckpt)  # a missing file fails before any model is built
+    check_gpt_flags(model)
+    if model.gpt_ckpt is None:
+        raise UserError("--gpt-ckpt is required: the GPT to probe (a train_c2i or official checkpoint).")
+    resolve_checkpoint_path(model.gpt_ckpt)  # a missing file fails before any model is built
     dist_info, config, image_size = start_probe_stage(args)
     tokenizer = load_tokenizer(args.vq_ckpt, config, device=dist_info.device).requires_grad_(False)
     for name in ("decoder", "s1to2decoder", "s2ddecoder"):  # only the encoder is used: free the decoders
         if hasattr(tokenizer, name):
             delattr(tokenizer, name)
-    gpt = load_frozen_gpt(args, tokenizer.codebook_size, tokenizer.num_tokens, dist_info.device)
+    gpt = load_frozen_gpt(model, tokenizer.codebook_size, tokenizer.num_tokens, dist_info.device, args.ema,
+                          args.model_config)
     num_code = args.num_code or tokenizer.num_tokens
     n_layer = gpt.config.n_layer // 2 if args.n_layer is None else args.n_layer
     if not 1 <= num_code <= tokenizer.num_tokens:
         raise UserError(f"--num-code {num_code} must be in [1, {tokenizer.num_tokens}] (codes per image).")
     if not 0 <= n_layer <= gpt.config.n_layer:
         raise UserError(f"--n-layer {n_layer} must be in [0, {gpt.config.n_layer}] (GPT blocks).")
-    describe = {"trunk": "gpt", "gpt_ckpt": args.gpt_ckpt, "vq_ckpt": args.vq_ckpt, "layer": n_layer,
+    describe = {"trunk": "gpt", "gpt_ckpt": model.gpt_ckpt, "vq_ckpt": args.vq_ckpt, "layer": n_layer,
                 "n_layer": gpt.config.n_layer, "num_code": num_code, "dim": gpt.config.dim, "ema": args.ema,
                 "pooling": "mean over class slot + num_code - 1 codes, null class"}
-    logging.getLogger("gigatok").info(f"GPT '{args.gpt_ckpt}': {gpt.config.n_layer} blocks x {gpt.config.dim}; "
+    logging.getLogger("gigatok").info(f"GPT '{model.gpt_ckpt}': {gpt.config.n_layer} blocks x {gpt.config.dim}; "
                                       f"features after block {n_layer}, {num_code} positions")
     return run_probe(args, gpt_features_fn(tokenizer, gpt, num_code, n_layer), dist_info, image_size=image_size,
                      trunk_label="LM", describe=describe)
@@ -114,8 +121,8 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
-    args = parse_args(argv)
-    run_stage(lambda: probe(args))
+    args, table = parse_args(argv)
+    run_stage(lambda: probe(args, gpt_model_config(args, table)))
 
 
 if __name__ == "__main__":

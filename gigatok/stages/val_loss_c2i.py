@@ -7,25 +7,37 @@ dropout) with the true labels; the loss is the mean over every predicted code of
 strided shard; sums are all-reduced. The result is printed and written as JSON (`--out`, default
 `{save_path}/val_loss_{checkpoint name}.json`).
 
+Settings: the official flags (`--help`), each a field of `gigatok.config.GPTEvalConfig`; the GPT's shape is the one
+its checkpoint records (official files: the flags, the weights' shapes and the data).
+
 Run it with torchrun (scripts/val_loss_c2i.sh) or as one process.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
-from gigatok.builders import load_gpt, load_tokenizer, recorded_gpt_fields
-from gigatok.config import load_config
+from gigatok.builders import (
+    check_gpt_flags,
+    load_gpt,
+    load_tokenizer,
+    resolve_checkpoint_gpt,
+)
+from gigatok.config import GPTEvalConfig, load_config
+from gigatok.config.flags import (
+    add_config_flags,
+    given_flags,
+    resolve_config,
+    split_overrides,
+)
 from gigatok.data.codes import (
     CodeDataset,
     LabeledImageFolder,
@@ -33,134 +45,103 @@ from gigatok.data.codes import (
     check_meta,
 )
 from gigatok.errors import UserError
-from gigatok.gpt.model import GPT_MODELS
 from gigatok.infra.checkpoint import read_checkpoint
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import init_distributed, is_main_process, setup_logging
+from gigatok.infra.io import write_json_atomic
+from gigatok.infra.runtime import autocast, build_loader, resolve_precision
 
-_LOAD_GPT_ARGS = ("pos_type", "vocab_size", "block_size", "num_classes", "cls_token_num", "use_qk_norm")
+logger = logging.getLogger("gigatok")
+SECTIONS = ("model", "tokenizer", "data", "eval")
 
 
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, str], list[str]]:
+    """(args, flag table, `--section.key=value` overrides)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # Official flags of val_loss_cal.py (same names and defaults unless noted).
-    parser.add_argument("--from-fsdp", action="store_true", help="the file is a bare state dict (read either way)")
-    parser.add_argument("--code-path", type=str, default=None, help="code folder (center-crop view per image)")
-    parser.add_argument("--data-path", type=str, default=None, help="ImageFolder tree, tokenized on the fly")
-    parser.add_argument("--gpt-model", type=str, choices=list(GPT_MODELS), default="GPT-B")
-    parser.add_argument("--gpt-ckpt", type=str, required=True)
-    parser.add_argument("--gpt-type", type=str, choices=["c2i", "t2i"], default="c2i")
-    parser.add_argument("--gpt-2d", action="store_true")
-    parser.add_argument("--ema", action="store_true", help="use the checkpoint's 'ema' weights")
-    parser.add_argument("--cls-token-num", type=int, default=1)
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--save-path", type=str, default="results/gpt")
-    parser.add_argument("--dataset", type=str, default="imagenet", help="recorded")
-    parser.add_argument("--image-size", type=int, default=None, help="default: the tokenizer's / the codes'")
-    parser.add_argument("--downsample-size", type=int, default=16, help="accepted; the tokenizer fixes the grid")
-    parser.add_argument("--num-classes", type=int, default=1000, help="official checkpoints only (ours record it)")
-    parser.add_argument("--per-proc-batch-size", type=int, default=32)
-    parser.add_argument("--global-seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=24)
-    parser.add_argument("--precision", type=str, choices=["none", "fp16", "bf16"], default="bf16")
-    parser.add_argument("--wandb-project", type=str, default=None, help="accepted, unused")
-    parser.add_argument("--quant-way", type=str, choices=["vq", "fsq"], default="vq")
-    parser.add_argument("--vq-ckpt", type=str, default=None)
-    parser.add_argument("--tok-config", type=str, default=None)
-    parser.add_argument("--early-stop-iter", type=str, default=None, help="accepted, recorded")
-    parser.add_argument("--rope", action="store_true")
-    parser.add_argument("--adaLN", action="store_true", help="not supported")
-    parser.add_argument("--simple-adaLN", action="store_true", help="not supported")
-    parser.add_argument("--qk-norm", action="store_true")
-    parser.add_argument("--flash-attn", action="store_true", help="accepted; SDPA picks its kernel")
-    # Ours.
-    parser.add_argument("--out", type=str, default=None, help="result JSON path")
+    parser.add_argument("--config", type=str, default=None, help="a config YAML to start from")
+    parser.add_argument("--save-path", type=str, default="results/gpt", help="where the result JSON goes")
+    parser.add_argument("--out", type=str, default=None, help="result JSON path (default: <save-path>/"
+                        "val_loss_<checkpoint name>.json)")
     parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
-    return parser.parse_args(argv)
+    table: dict[str, str] = {}
+    for section in SECTIONS:
+        table.update(add_config_flags(parser.add_argument_group(f"{section} (config section '{section}')"),
+                                      GPTEvalConfig, section))
+    unused = parser.add_argument_group("official flags accepted for compatibility")
+    unused.add_argument("--from-fsdp", action="store_true", help="the file is a bare state dict (read either way)")
+    unused.add_argument("--wandb-project", type=str, default=None, help="unused")
+    unused.add_argument("--early-stop-iter", type=str, default=None, help="recorded")
+    unused.add_argument("--flash-attn", action="store_true", help="SDPA picks its kernel")
+    args, rest = parser.parse_known_args(argv)
+    return args, table, split_overrides(parser, rest)
 
 
-def check_flags(args: argparse.Namespace) -> None:
-    if (args.code_path is None) == (args.data_path is None):
+def check_config(config: GPTEvalConfig) -> None:
+    check_gpt_flags(config.model)
+    if (config.data.code_path is None) == (config.data.data_path is None):
         raise UserError("pass exactly one of --code-path (pre-extracted codes) and --data-path (images, with "
-                         "--vq-ckpt and --tok-config).")
-    if args.data_path is not None and args.tok_config is None:
+                        "--vq-ckpt and --tok-config).")
+    if config.data.data_path is not None and config.tokenizer.tok_config is None:
         raise UserError("--data-path needs --tok-config (and --vq-ckpt) to tokenize the images.")
-    if args.gpt_type != "c2i" or args.quant_way != "vq" or args.adaLN or args.simple_adaLN:
-        raise UserError("only class-conditional GPTs without adaLN on VQ codes are supported.")
-    if args.rope and args.gpt_2d:
-        raise UserError("--rope and --gpt-2d exclude each other; pass one.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
+    if config.tokenizer.quant_way != "vq":
+        raise UserError("only GPTs on VQ codes (--quant-way vq) are supported.")
+    if config.model.gpt_ckpt is None:
+        raise UserError("--gpt-ckpt is required: the GPT checkpoint whose validation loss to compute.")
 
 
-def gpt_kwargs(args: argparse.Namespace, ckpt: dict[str, Any], vocab_size: int | None,
-               block_size: int) -> dict[str, Any]:
-    """GPT config fields for `load_gpt`: the checkpoint's own record (our runs), else the flags + the data."""
-    saved = recorded_gpt_fields(ckpt)
-    if saved is not None:
-        return saved
-    pos_type = "rope_2d" if args.gpt_2d else "rope_1d" if args.rope else "learned_1d"
-    return {**GPT_MODELS[args.gpt_model], "pos_type": pos_type, "vocab_size": vocab_size or 16384,
-            "block_size": block_size, "num_classes": args.num_classes, "cls_token_num": args.cls_token_num,
-            "use_qk_norm": args.qk_norm}
+def build_data(config: GPTEvalConfig, device: torch.device) -> tuple[Any, torch.nn.Module | None, int | None, int,
+                                                                      str]:
+    """(dataset, tokenizer or None, vocabulary or None, codes per image, description): codes (center view) or images
+    tokenized on the fly."""
+    data, tok = config.data, config.tokenizer
+    if data.code_path is not None:
+        dataset = CodeDataset(data.code_path, view="center", image_size=tok.image_size)
+        return (dataset, None, dataset.meta.get("codebook_size"), dataset.num_tokens,
+                f"codes '{data.code_path}' ({len(dataset)} images, center view)")
+    vq_config = load_config(tok.tok_config)
+    image_size = tok.image_size or vq_config.model.init_args.image_size
+    if image_size != vq_config.model.init_args.image_size:
+        raise UserError(f"--image-size {image_size} differs from the tokenizer config's image_size "
+                        f"{vq_config.model.init_args.image_size}.")
+    torch.manual_seed(config.eval.global_seed)  # random tokenizer weights (tests) agree across ranks
+    tokenizer = load_tokenizer(tok.vq_ckpt, vq_config, device=device)
+    dataset = LabeledImageFolder(data.data_path, ViewTransform(image_size, center_only=True))
+    return (dataset, tokenizer, tokenizer.codebook_size, tokenizer.num_tokens,
+            f"images '{data.data_path}' ({len(dataset)}, center_crop_arr {image_size} px, tokenized on the fly)")
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(config: GPTEvalConfig, device_name: str = "auto", out: str | None = None,
+             save_path: str = "results/gpt", early_stop_iter: str | None = None) -> dict[str, Any]:
     """The validation stage; returns the result dict (on every rank)."""
-    check_flags(args)
-    ckpt = read_checkpoint(args.gpt_ckpt)  # a missing or unreadable file fails before any other work
+    check_config(config)
+    gpt_ckpt, e = config.model.gpt_ckpt, config.eval
+    ckpt = read_checkpoint(gpt_ckpt)  # a missing or unreadable file fails before any other work
 
     # Setup distributed, logging and precision.
-    dist_info = init_distributed(args.device)
+    dist_info = init_distributed(device_name)
     device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
-    logger = setup_logging()
-    precision = args.precision
-    if precision == "fp16" and device.type == "cpu":
-        logger.warning("--precision fp16 is not supported on CPU; running in fp32 instead")
-        precision = "none"
-    amp_dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    setup_logging()
+    amp_dtype, precision = resolve_precision(e.precision, device, flag="--precision")
 
-    # Setup data: codes (center view) or images tokenized on the fly.
-    tokenizer = None
-    if args.code_path is not None:
-        dataset = CodeDataset(args.code_path, view="center", image_size=args.image_size)
-        vocab_size, block_size = dataset.meta.get("codebook_size"), dataset.num_tokens
-        source = f"codes '{args.code_path}' ({len(dataset)} images, center view)"
-    else:
-        config = load_config(args.tok_config)
-        image_size = args.image_size or config.model.init_args.image_size
-        if image_size != config.model.init_args.image_size:
-            raise UserError(f"--image-size {image_size} differs from the tokenizer config's image_size "
-                             f"{config.model.init_args.image_size}.")
-        torch.manual_seed(args.global_seed)  # random tokenizer weights (tests) agree across ranks
-        tokenizer = load_tokenizer(args.vq_ckpt, config, device=device)
-        dataset = LabeledImageFolder(args.data_path, ViewTransform(image_size, center_only=True))
-        vocab_size, block_size = tokenizer.codebook_size, tokenizer.num_tokens
-        source = f"images '{args.data_path}' ({len(dataset)}, center_crop_arr {image_size} px, tokenized on the fly)"
-
-    # Create the GPT sized for the data; a checkpoint that does not fit is refused.
-    kwargs = gpt_kwargs(args, ckpt, vocab_size, block_size)
-    check_meta({"code_path": args.code_path or args.data_path, "codebook_size": vocab_size, "num_tokens": block_size},
-               kwargs["vocab_size"], kwargs["block_size"])
-    if args.ema and "ema" not in ckpt:
-        logger.warning(f"--ema: '{args.gpt_ckpt}' has no 'ema' entry; using its 'model' weights")
-    fixed = {k: kwargs.pop(k) for k in _LOAD_GPT_ARGS if k in kwargs}
-    gpt_model = (ckpt.get("config") or {}).get("gpt_model", args.gpt_model)  # sizes are in kwargs either way
-    gpt = load_gpt(ckpt, gpt_model, use_ema=args.ema, device=device, **fixed, **kwargs)
+    # Data, then the GPT its checkpoint describes; a GPT for other codes is refused.
+    dataset, tokenizer, vocab_size, block_size, source = build_data(config, device)
+    gpt_config = resolve_checkpoint_gpt(config.model, ckpt, vocab_size=vocab_size, block_size=block_size,
+                                        source=f"--gpt-ckpt '{gpt_ckpt}'")
+    check_meta({"code_path": config.data.code_path or config.data.data_path, "codebook_size": vocab_size,
+                "num_tokens": block_size}, gpt_config.vocab_size, gpt_config.block_size)
+    if e.ema and "ema" not in ckpt:
+        logger.warning(f"--ema: '{gpt_ckpt}' has no 'ema' entry; using its 'model' weights")
+    gpt = load_gpt(ckpt, gpt_config, use_ema=e.ema, device=device)
     del ckpt
-    model = torch.compile(gpt) if args.compile else gpt
-    logger.info(f"world size {world_size}, device {device}, precision {precision}; GPT '{args.gpt_ckpt}' "
-                f"(K={fixed['vocab_size']}, L={fixed['block_size']}, {fixed['num_classes']} classes) on {source}")
+    model = torch.compile(gpt) if e.compile else gpt
+    logger.info(f"world size {world_size}, device {device}, precision {precision}; GPT '{gpt_ckpt}' "
+                f"(K={gpt_config.vocab_size}, L={gpt_config.block_size}, {gpt_config.num_classes} classes) on "
+                f"{source}")
 
     # Evaluate a strided shard per rank, then all-reduce the sums.
     shard = Subset(dataset, range(rank, len(dataset), world_size))
-    num_workers = min(args.num_workers, max((os.cpu_count() or 1) // world_size, 1))
-    loader = DataLoader(shard, batch_size=args.per_proc_batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = build_loader(shard, e.per_proc_batch_size, num_workers=config.data.num_workers, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # [sum of CE, codes scored, images]
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext())
     for batch in tqdm(loader, disable=not is_main_process(), desc="val loss"):
         with torch.no_grad():
             if tokenizer is not None:
@@ -168,7 +149,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 codes = tokenizer.encode_to_codes(views)  # (B, L), tokenizer in fp32
             else:
                 codes, labels = batch[0].to(device), batch[1].to(device)  # (B, L), (B,)
-            with autocast:
+            with autocast(device, amp_dtype):
                 logits, _ = model(codes[:, :-1], labels)  # (B, L, K) float32
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="sum")
         sums += torch.stack([ce.double(), torch.tensor(codes.numel(), dtype=torch.float64, device=device),
@@ -177,20 +158,24 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         dist.all_reduce(sums)
     total_ce, num_codes, num_images = sums.tolist()
     result = {"val_loss": total_ce / max(num_codes, 1), "num_images": int(num_images), "num_codes": int(num_codes),
-              "gpt_ckpt": args.gpt_ckpt, "ema": args.ema, "data": args.code_path or args.data_path,
-              "precision": precision, "early_stop_iter": args.early_stop_iter}
-    out = Path(args.out) if args.out else Path(args.save_path) / f"val_loss_{Path(args.gpt_ckpt).stem}.json"
+              "gpt_ckpt": gpt_ckpt, "ema": e.ema, "data": config.data.code_path or config.data.data_path,
+              "precision": precision, "early_stop_iter": early_stop_iter}
+    path = Path(out) if out else Path(save_path) / f"val_loss_{Path(gpt_ckpt).stem}.json"
     if is_main_process():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
-        logger.info(f"val loss {result['val_loss']:.4f} over {result['num_images']} images; wrote '{out}'")
+        write_json_atomic(path, result)
+        logger.info(f"val loss {result['val_loss']:.4f} over {result['num_images']} images; wrote '{path}'")
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point. User errors print one paragraph and exit with code 2 (no traceback)."""
-    args = parse_args(argv)
-    run_stage(lambda: evaluate(args))
+    args, table, overrides = parse_args(argv)
+
+    def stage() -> dict[str, Any]:
+        config, _ = resolve_config(GPTEvalConfig, args.config, given_flags(args, table), overrides)
+        return evaluate(config, args.device, args.out, args.save_path, args.early_stop_iter)
+
+    run_stage(stage)
 
 
 if __name__ == "__main__":

@@ -194,28 +194,6 @@ class _HybridTokenizer(nn.Module):
             out.recon_direct = self.decoder(s)
         return out
 
-    @property
-    def cnn_channels_last(self) -> bool:
-        """The layout the CNN encoder and decoder run in (built channels-last unless cnn_channels_last is False)."""
-        return self.encoder.memory_format == torch.channels_last
-
-    def set_cnn_channels_last(self, channels_last: bool) -> None:
-        """Switch the CNN encoder and decoder layout: weights now, activations from the next forward on. Values are
-        unchanged; do it before an optimizer or EMA copies the weights, so that their state has the same layout."""
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.encoder.memory_format = self.decoder.memory_format = fmt
-        self.restore_memory_format()
-
-    def restore_memory_format(self) -> None:
-        """Put the CNN weights back in their layout (see `cnn_channels_last`) after adopting checkpoint tensors with
-        assign=True."""
-        self.encoder.to(memory_format=self.encoder.memory_format)
-        self.decoder.to(memory_format=self.decoder.memory_format)
-
-    def get_fsdp_wrap_module_list(self) -> list[nn.Module]:
-        """The transformer layers: FSDP wrap units."""
-        return [*self.token_encoder.transformer, *self.token_decoder.transformer]
-
 
 class VQVitModelPlus(_HybridTokenizer):
     """1D tokenizer: Q-Former `s2to1encoder` (2D -> L tokens) and `s1to2decoder` (L tokens -> 2D)."""
