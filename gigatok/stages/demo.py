@@ -607,7 +607,7 @@ def write_report(plan: Plan, stages: list[Stage], records: dict[str, dict[str, A
                 "held-out images; photos reconstructed at 32 px",
         "tokenizer": f"`{TOKENIZER_CONFIG.relative_to(REPO_ROOT)}` (resolved: [config.yaml]"
                      f"(runs/tokenizer/config.yaml)), {args.vq_steps} steps at batch {args.vq_batch_size}",
-        "GPT": f"`{GPT_MODEL}` with 2D RoPE ([config.json](runs/gpt/config.json)), {args.gpt_steps} steps at batch "
+        "GPT": f"`{GPT_MODEL}` with 2D RoPE ([config.yaml](runs/gpt/config.yaml)), {args.gpt_steps} steps at batch "
                f"{args.gpt_batch_size}, lr {args.gpt_lr:g} with cosine decay to {GPT_END_LR:g}",
         "sampling": f"cfg scale {args.cfg_scale}, temperature {args.temperature}, {args.num_samples} samples",
         "classifier": f"{args.classifier_epochs} epoch(s) on the training digits (horizontal flips included: the GPT "
