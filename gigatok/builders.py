@@ -24,6 +24,7 @@ from gigatok.config import (
     TEACHER_DIMS,
     ConfigError,
     GPTModelConfig,
+    GPTTrainConfig,
     VQConfig,
     load_config,
 )
@@ -172,6 +173,34 @@ def recorded_gpt_model(ckpt: Mapping[str, Any]) -> str | None:
     return model.get("gpt_model") if isinstance(model, Mapping) else None
 
 
+def run_record_beside(checkpoint: str | os.PathLike | None) -> tuple[str | None, dict[str, Any] | None]:
+    """(size, GPTConfig fields) from the run folder a checkpoint file sits in, for files that record nothing themselves
+    (bare state dicts, `--from-fsdp` files): `<run>/config.yaml` of a train_c2i run (the resolved `model:` section),
+    or the `config.json` older runs wrote (its `derived.gpt_config`). (None, None) when there is neither."""
+    if checkpoint is None or str(checkpoint).startswith("hf://"):
+        return None, None
+    path = Path(checkpoint)
+    for folder in (path.parent.parent, path.parent):  # <run>/checkpoints/<step>.pt, or <run>/<file>
+        if (folder / "config.yaml").is_file():
+            try:
+                config = load_config(folder / "config.yaml", schema=GPTTrainConfig)
+            except ConfigError:
+                continue  # another kind of run (a tokenizer's config.yaml)
+            m = config.model
+            if None in (m.vocab_size, m.block_size, m.num_classes):
+                continue
+            return m.gpt_model, dataclasses.asdict(gpt_config_from(
+                m, vocab_size=m.vocab_size, block_size=m.block_size, num_classes=m.num_classes))
+        if (folder / "config.json").is_file():
+            import json
+
+            old = json.loads((folder / "config.json").read_text())
+            fields = (old.get("derived") or {}).get("gpt_config")
+            if isinstance(fields, dict):
+                return old.get("gpt_model"), {k: v for k, v in fields.items() if k in _CONFIG_FIELDS}
+    return None, None
+
+
 def gpt_pos_type(model: GPTModelConfig) -> str:
     """The position encoding the official flags select: --gpt-2d (LlamaGen 2D RoPE), --rope (1D RoPE), else learned."""
     return "rope_2d" if model.gpt_2d else "rope_1d" if model.rope else "learned_1d"
@@ -224,16 +253,19 @@ def infer_gpt_fields(state: Mapping[str, torch.Tensor], class_dropout: bool = Tr
 
 def resolve_checkpoint_gpt(model: GPTModelConfig, ckpt: Mapping[str, Any] | None, *, vocab_size: int | None,
                            block_size: int | None, source: str) -> GPTConfig:
-    """The architecture of the GPT in `ckpt`: recorded by our runs (authoritative), else from the flags, the weights'
-    shapes and the data (`vocab_size`, `block_size`: what the tokenizer or the codes give).
+    """The architecture of the GPT in `ckpt`: recorded by our runs (in the file, else in its run folder's
+    config.yaml / config.json: `model.gpt_ckpt` is the file's path), else from the flags, the weights' shapes and the
+    data (`vocab_size`, `block_size`: what the tokenizer or the codes give).
 
     Raises:
         UserError: an explicit flag contradicts the checkpoint (a --gpt-model other than the recorded size, another
             vocabulary or class count).
     """
     recorded = recorded_gpt_fields(ckpt) if ckpt is not None else None
+    size = recorded_gpt_model(ckpt) if recorded is not None else None
+    if recorded is None and ckpt is not None:
+        size, recorded = run_record_beside(model.gpt_ckpt)
     if recorded is not None:
-        size = recorded_gpt_model(ckpt)
         if model.gpt_model is not None and size is not None and model.gpt_model != size:
             raise UserError(f"{source} is a {size} (recorded in the checkpoint) but --gpt-model is "
                             f"{model.gpt_model}: pass --gpt-model {size}, or drop the flag.")
@@ -306,7 +338,7 @@ def load_gpt(checkpoint: str | os.PathLike | Mapping[str, Any], gpt_model: str |
     source = "checkpoint dict" if isinstance(checkpoint, Mapping) else f"checkpoint '{checkpoint}'"
     if isinstance(checkpoint, Mapping):
         ckpt = dict(checkpoint)
-    elif str(checkpoint).endswith(".safetensors"):  # weights-only export (python -m gigatok.stages.export --gpt-ckpt ...)
+    elif str(checkpoint).endswith(".safetensors"):  # weights-only export (gigatok export --gpt-ckpt ...)
         from safetensors.torch import load_file
 
         ckpt = {"model": load_file(str(resolve_checkpoint_path(checkpoint)))}
@@ -335,7 +367,7 @@ def _pos_type_hint(state: Mapping[str, torch.Tensor], pos_type: str) -> str:
 
 
 def load_gpt_export(folder: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
-    """Load a GPT exported by `python -m gigatok.stages.export --gpt-ckpt ...` (model.safetensors + config.yaml)."""
+    """Load a GPT exported by `gigatok export --gpt-ckpt ...` (model.safetensors + config.yaml)."""
     from omegaconf import OmegaConf
 
     folder = Path(folder)

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import expect_exit_2
 
+from gigatok.engine.demo_plan import inception_available
 from gigatok.errors import UserError
+from gigatok.infra import warm_start
+from gigatok.infra.stage_runner import Stage, StageRunner
 from gigatok.stages import demo
-from gigatok.stages.demo import Stage, StageRunner, main
+from gigatok.stages.demo import main
 
 QUICK = ["--vq-steps", "4", "--gpt-steps", "4", "--num-samples", "20", "--classifier-epochs", "1",
          "--eval-limit", "20", "--threads", "1"]
@@ -34,7 +37,7 @@ def _records(out: Path) -> dict[str, dict]:
 def test_quick_demo_writes_every_artifact_metric_and_link(quick_demo):
     out = quick_demo
     metrics = json.loads((out / "metrics.json").read_text())
-    use_fid = demo.inception_available()[0]
+    use_fid = inception_available()[0]
     for key in SCALARS + (["fid"] if use_fid else []):
         assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
     assert metrics["heldout_rfid"] is None  # only with --rfid
@@ -80,7 +83,7 @@ def test_second_run_reuses_every_stage_and_a_changed_setting_reruns_its_stage(qu
 
 
 def test_rfid_reruns_only_the_heldout_reconstruction_in_the_quantitative_mode(quick_demo, capsys):
-    if not demo.inception_available()[0]:
+    if not inception_available()[0]:
         pytest.skip("no Inception weights: no rFID")
     main(["--out", str(quick_demo), *QUICK])  # the QUICK settings again (an earlier test changed one)
     before = _records(quick_demo)
@@ -135,7 +138,7 @@ def test_runner_reuses_reruns_on_changed_commands_and_inputs_and_reports_failure
     (work / "a").mkdir(parents=True)
     (work / "b").mkdir()
     with StageRunner(tmp_path / "out", threads=1, warm=warm, modules=["json.tool"]) as runner:
-        assert (runner.launcher is not None) == (warm and demo.warm_start.available())
+        assert (runner.launcher is not None) == (warm and warm_start.available())
         record_a = runner.run(stage("a", ["--help"]), 1, 2)
         record_b = runner.run(stage("b", ["--help"], ["a"]), 2, 2)
         assert "usage" in (tmp_path / "out" / "logs" / "a.log").read_text()

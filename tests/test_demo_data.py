@@ -16,7 +16,7 @@ from gigatok.data.demo_data import (
     write_demo_data,
     write_eval_subset,
 )
-from gigatok.eval.digit_classifier import (
+from gigatok.engine.digit_classifier import (
     accuracy,
     augment,
     to_input,

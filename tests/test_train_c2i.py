@@ -276,3 +276,51 @@ def test_bf16_autocast_on_a_cpu_without_native_kernels_is_warned_about():
         assert "--mixed-precision none" in note
     assert cpu_bf16_warning(torch.device("cpu"), None) is None
     assert cpu_bf16_warning(torch.device("cuda"), torch.bfloat16) is None
+
+
+def test_later_stages_size_the_gpt_from_its_run_record(trained, codes, tmp_path, capsys):
+    """A GPT's shape comes from its checkpoint's record, else from the run folder's config.yaml (or the config.json
+    of older runs) for files that record nothing; an explicit flag that contradicts the record is refused."""
+    from gigatok.builders import resolve_checkpoint_gpt
+    from gigatok.config import GPTModelConfig
+    from gigatok.errors import UserError
+    from gigatok.gpt.config import GPTConfig
+
+    ckpt_path = trained / "checkpoints" / "0000150.pt"
+    ckpt = read_checkpoint(ckpt_path)
+    expected = GPTConfig(**ckpt["extra"]["gpt_config"])
+    assert expected.vocab_size == 1024 and expected.num_classes == 10 and expected.n_layer == 2
+    resolved = resolve_checkpoint_gpt(GPTModelConfig(gpt_ckpt=str(ckpt_path)), ckpt, vocab_size=None,
+                                      block_size=None, source="x")
+    assert resolved == expected
+    with pytest.raises(UserError, match="is a debug .* --gpt-model is GPT-B"):
+        resolve_checkpoint_gpt(GPTModelConfig(gpt_model="GPT-B"), ckpt, vocab_size=None, block_size=None, source="x")
+    with pytest.raises(UserError, match="num_classes 10 but --num-classes is 1000"):
+        resolve_checkpoint_gpt(GPTModelConfig(num_classes=1000), ckpt, vocab_size=None, block_size=None, source="x")
+
+    # A bare state dict in the run's checkpoints folder: sized by the run's config.yaml.
+    bare = trained / "checkpoints" / "bare_weights.pt"
+    torch.save({"model": ckpt["model"]}, bare)
+    try:
+        from_yaml = resolve_checkpoint_gpt(GPTModelConfig(gpt_ckpt=str(bare)), read_checkpoint(bare),
+                                           vocab_size=None, block_size=None, source="x")
+    finally:
+        bare.unlink()
+    assert from_yaml.vocab_size == 1024 and from_yaml.num_classes == 10 and from_yaml.pos_type == "learned_1d"
+    assert (from_yaml.dim, from_yaml.n_layer) == (expected.dim, expected.n_layer)
+    # ... or by the config.json that runs wrote before config.yaml existed.
+    old_run = tmp_path / "old_run"
+    (old_run / "checkpoints").mkdir(parents=True)
+    torch.save({"model": ckpt["model"]}, old_run / "checkpoints" / "0000150.pt")
+    (old_run / "config.json").write_text(json.dumps({"gpt_model": "debug", "derived": {
+        "gpt_config": ckpt["extra"]["gpt_config"]}}))
+    path = old_run / "checkpoints" / "0000150.pt"
+    assert resolve_checkpoint_gpt(GPTModelConfig(gpt_ckpt=str(path)), read_checkpoint(path), vocab_size=None,
+                                  block_size=None, source="x") == expected
+    # The same checks through an entry point: one line, exit code 2.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        val_main(["--code-path", str(codes), "--gpt-ckpt", str(ckpt_path), "--gpt-model",
+                  "GPT-B", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--gpt-model is GPT-B" in err and "Traceback" not in err

@@ -3,12 +3,12 @@
 Our layout (written by `gigatok.stages.extract_codes`), one folder:
 
     meta.json                   what the codes are (below); written last, so its presence means "complete"
-    codes_{shard:05d}.npy       (n, A, L) int16 (int32 when K > 32768): A augmented views x L codes per image
-    labels_{shard:05d}.npy      (n,) int64 class labels
+    codes_{shard:05d}.npy       (N, A, L) int16 (int32 when K > 32768): A augmented views x L codes per image
+    labels_{shard:05d}.npy      (N,) int64 class labels
     progress/{shard:05d}.json   commit marker of a finished shard (resume bookkeeping)
     extract_settings.json       the settings a resumed extraction must match
 
-Shard s holds images [s * shard_size, s * shard_size + n) of the image folder's (ImageFolder) order, so the
+Shard s holds images [s * shard_size, s * shard_size + N) of the image folder's (ImageFolder) order, so the
 file names and the sample order do not depend on the number of ranks that extracted them. `meta.json` holds
 {format_version, tokenizer {checkpoint, checkpoint_hash, hash_algorithm, config, model_cls}, codebook_size,
 num_tokens, image_size, augmentation {ten_crop, crop_range, num_aug, views}, count, num_classes, classes, dtype,
@@ -22,7 +22,11 @@ replacing `ten_crop/` with `ten_crop_105/` in the code path exists, each sample 
 
 Augmented views: every access draws one of the A views (and the sibling choice) from a hash of
 (seed, epoch, index), not from a random generator, so the draws do not depend on workers, ranks or on where a
-resumed run restarts. Shape letters: A views per image, L codes per image, K codebook size.
+resumed run restarts.
+
+Shape letters: S image side (square images, H = W = S); L latent tokens = codes per image (1D tokenizer:
+num_latent_tokens; 2D: G*G); K codebook size (= GPT vocabulary); A augmented views per image; N a flattened count,
+stated where used. Here N = the images of one shard (N <= shard_size) and S = image_size.
 """
 from __future__ import annotations
 
@@ -327,7 +331,7 @@ class CodeDataset(Dataset):
         self.code_path, self.seed, self.view, self.epoch = Path(code_path), seed, view, 0
         if not self.code_path.is_dir():
             raise CodesError(f"code path not found: '{code_path}'. Extract codes first with "
-                             "scripts/extract_code_c2i.sh (or python -m gigatok.stages.extract_codes).")
+                             "scripts/extract_code_c2i.sh (or gigatok extract_codes).")
         meta = read_meta(self.code_path)
         self.sources: list[_ShardSource | _OfficialSource] = []
         if meta is not None:

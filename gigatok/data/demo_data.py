@@ -20,6 +20,9 @@ Photos. A few colour photos bundled with scikit-image (`PHOTO_NAMES`), ADM cente
 
 scikit-learn and scikit-image are test extras (`pip install -e ".[test]"`, done by env_install.sh); without them
 the loaders raise `DemoDataError` saying so.
+
+Shape letters: S image side (square images, H = W = S); N a flattened count, stated where used. Here S = `size`
+and N is a number of images, stated in each docstring.
 """
 from __future__ import annotations
 
@@ -59,8 +62,8 @@ class DemoDataError(UserError, RuntimeError):
 
 @dataclass
 class DigitSplit:
-    """The colourised digits, split. images: (n, S, S, 3) uint8; labels: (n,) int64 in [0, 9]; index: (n,) int64
-    positions in `load_digits` order (names of the written files)."""
+    """The colourised digits, split. images: (N, S, S, 3) uint8; labels: (N,) int64 in [0, 9]; index: (N,) int64
+    positions in `load_digits` order (names of the written files); N = the images of the split."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -96,15 +99,15 @@ def colourise_digits(intensities: np.ndarray, index: np.ndarray, size: int, seed
     """Render digits as colour images.
 
     Args:
-        intensities: (n, 8, 8) float in [0, 1].
-        index: (n,) the images' positions in `load_digits` order; with `seed` they alone pick the colours.
+        intensities: (N, 8, 8) float in [0, 1], N images.
+        index: (N,) the images' positions in `load_digits` order; with `seed` they alone pick the colours.
         size: output side S.
         seed: colour seed.
 
     Returns:
-        (n, S, S, 3) uint8.
+        (N, S, S, 3) uint8.
     """
-    pairs = np.asarray(COLOUR_PAIRS, dtype=np.float32)  # (P, 2, 3): foreground, background
+    pairs = np.asarray(COLOUR_PAIRS, dtype=np.float32)  # (len(COLOUR_PAIRS), 2, 3): foreground, background
     out = np.empty((len(intensities), size, size, 3), dtype=np.uint8)
     for i, (intensity, idx) in enumerate(zip(intensities, index)):
         fg, bg = pairs[colour_index(int(idx), seed)]
@@ -138,7 +141,7 @@ def make_digit_split(size: int = 32, seed: int = 0, heldout_fraction: float = 0.
 
 
 def load_photos(size: int, names: tuple[str, ...] = PHOTO_NAMES) -> tuple[np.ndarray, list[str]]:
-    """scikit-image's bundled photos, ADM center-cropped: (n, size, size, 3) uint8 and their names."""
+    """scikit-image's bundled photos, ADM center-cropped: (N, S, S, 3) uint8, N = len(names), and their names."""
     try:
         import skimage.data
     except ImportError:
@@ -227,8 +230,8 @@ def write_eval_subset(source: str | os.PathLike, target: str | os.PathLike, limi
 
 
 def read_image_folder(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    """Read back an ImageFolder written by `write_image_folder`: images (n, S, S, 3) uint8, labels (n,) int64 and
-    files, in ImageFolder order (sorted class folders, sorted names)."""
+    """Read back an ImageFolder written by `write_image_folder`: images (N, S, S, 3) uint8, labels (N,) int64 and
+    files (N = the images found), in ImageFolder order (sorted class folders, sorted names)."""
     root = Path(root)
     files = sorted(root.glob("*/*.png"), key=lambda p: (p.parent.name, p.name))
     images = np.stack([np.asarray(Image.open(f).convert("RGB"), dtype=np.uint8) for f in files])

@@ -6,6 +6,8 @@ sample index `i` names the same image as in the official runs) and additionally 
 the root, which `ImageFolder` ignores; they come first, sorted by name. Files whose extension is not an image
 extension are skipped with one warning line, because the README's demo points `--data-path` at `tests/`, which
 also holds code.
+
+Shape letters: S image side (square images, H = W = S). Here S = image_size.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 Index order is exactly `torch.utils.data.DistributedSampler`'s (shuffle: `randperm(len(dataset))` from a
 generator seeded with `seed + epoch`; `drop_last` truncates to a multiple of the world size, otherwise the
-permutation is padded by wrapping around; rank r takes positions r, r + W, r + 2W, ...), so a run resumed from an
-official checkpoint at an epoch boundary sees the official order. On top of that the sampler keeps a
-`position`: how many of this rank's indices of the current epoch the training loop has consumed. A resumed
-sampler yields only the remaining ones, so the resumed run neither repeats nor skips samples (the official
+permutation is padded by wrapping around; rank r takes positions r, r + num_replicas, r + 2 * num_replicas, ...),
+so a run resumed from an official checkpoint at an epoch boundary sees the official order. On top of that the
+sampler keeps a `position`: how many of this rank's indices of the current epoch the training loop has consumed. A
+resumed sampler yields only the remaining ones, so the resumed run neither repeats nor skips samples (the official
 LlamaGen loop restarts the whole epoch, and `train_c2i.py` even iterates the un-resumed loader).
 
 The position is advanced by the training loop, not by `__iter__`: a DataLoader pulls indices from the sampler
@@ -41,7 +41,7 @@ class ResumableDistributedSampler(Sampler[int]):
 
     Args:
         dataset: anything with `len()`.
-        num_replicas: world size W; default the process group's (1 without one).
+        num_replicas: the world size; default the process group's (1 without one).
         rank: this rank; default the process group's (0 without one).
         shuffle: permute each epoch with `seed + epoch` (official: True, seed = global_seed).
         seed: the shuffle seed, identical on every rank.

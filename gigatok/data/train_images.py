@@ -1,9 +1,9 @@
 """Training images for the tokenizer: an ImageNet-style folder with the official augmentation.
 
-Layout: `ILSVRC2012_img_train/<class>/<image>` (torchvision `ImageFolder`: sorted class sub-folders give the
-labels 0..C-1, files are walked recursively inside each) or a flat folder of images (label -1). Images directly in
-the root of a folder that also has class sub-folders are ignored, as `ImageFolder` does. Files without an image
-extension are skipped with one warning line.
+Layout: `ILSVRC2012_img_train/<class>/<image>` (torchvision `ImageFolder`: the sorted class sub-folders get the
+labels 0, 1, ... in order, files are walked recursively inside each) or a flat folder of images (label -1). Images
+directly in the root of a folder that also has class sub-folders are ignored, as `ImageFolder` does. Files without an
+image extension are skipped with one warning line.
 
 Augmentation (official `vq_train.py`): ADM `random_crop_arr` (short side resized to U{S..ceil(S/0.8)}, random S
 crop) then a horizontal flip with probability 0.5, normalised to [-1, 1]. The official code draws both from the
@@ -21,7 +21,7 @@ process: re-opening and decoding a tiny PNG costs about as much as augmenting it
 demo CPU, half of the loading time of a demo step). ImageNet-size folders are never cached. With DataLoader
 workers each worker builds its own cache, which lasts one epoch (workers are re-created per epoch).
 
-Letters: S image size.
+Shape letters: S image side (square images, H = W = S). Here S = image_size.
 """
 from __future__ import annotations
 

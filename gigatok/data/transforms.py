@@ -3,6 +3,9 @@
 The crops follow the ADM convention that the official code uses (`dataset/augmentation.py`): shrink large images
 with repeated BOX halving (cheap anti-aliasing), then one BICUBIC resize of the short side, then crop. Tensors
 follow the house convention: `images` are float in [-1, 1], `images_uint8` are in [0, 255].
+
+Shape letters: B batch; H, W height and width of an image or feature map; S image side (square images, H = W = S).
+Here S = image_size.
 """
 from __future__ import annotations
 

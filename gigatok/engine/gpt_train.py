@@ -3,7 +3,8 @@
 Each sample is one augmented view of an image's codes; the GPT sees [class token, z_1 .. z_{L-1}] and predicts
 z_1 .. z_L (mean cross-entropy), with class dropout for CFG.
 
-Shape letters: B batch, L codes per image, K codebook size.
+Shape letters: B batch; L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook
+size (= GPT vocabulary).
 """
 from __future__ import annotations
 

@@ -19,12 +19,13 @@ Checkpoints are written at epoch ends (every `ckpt_epoch` epochs and the last on
 rerun resumes after the newest one and reproduces the uninterrupted run (augmentation is keyed by
 (seed, epoch, image), the shuffle by seed + epoch).
 
+The probe stage both entry points share (flags, opening, train-then-evaluate runner) is
+`gigatok.engine.probe_run`.
+
 Shape letters: B batch, D feature width, C classes, S image size.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
 import math
 import os
@@ -38,12 +39,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
-from gigatok.config import VQConfig, load_config
 from gigatok.data.codes import LabeledImageFolder
 from gigatok.data.images import ImageDataError
-from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.data.train_images import TrainImageDataset
 from gigatok.data.transforms import CenterCropTransform
 from gigatok.errors import UserError
@@ -51,18 +50,10 @@ from gigatok.infra.checkpoint import (
     CheckpointError,
     extract_state_dict,
     read_checkpoint,
-    resolve_checkpoint_path,
-)
-from gigatok.infra.dist import (
-    DistInfo,
-    init_distributed,
-    is_main_process,
-    setup_logging,
 )
 from gigatok.infra.io import torch_save_atomic, write_json_atomic, write_text_atomic
-from gigatok.infra.logging import MetricsLogger, reduce_metrics
-from gigatok.infra.optim import load_optimizer_state
-from gigatok.infra.parallel import parallelize, unwrap
+from gigatok.infra.parallel import unwrap
+from gigatok.infra.runtime import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -216,12 +207,6 @@ def build_probe_datasets(train_path: Path | None, val_path: Path, image_size: in
 
 # -- Loops -------------------------------------------------------------------------------------------------------
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=amp_dtype)
-
-
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, features_fn: FeaturesFn,
                     *, schedule: ProbeSchedule, step: int, steps_per_epoch: int, device: torch.device,
                     amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler,
@@ -249,7 +234,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
         lr = schedule.lr_at(step / steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             with torch.no_grad():
                 features = features_fn(images)  # (B, D)
             loss = F.cross_entropy(model(features), labels)
@@ -278,7 +263,7 @@ def evaluate(model: nn.Module, loader: Iterable, features_fn: FeaturesFn, device
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # [top-1 hits, top-5 hits, images]
     for batch in loader:
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = probe(features_fn(images))  # (B, C)
         top1, top5 = topk_correct(logits.float(), labels)
         counts += torch.tensor([top1, top5, len(labels)], dtype=torch.float64, device=device)
@@ -345,201 +330,3 @@ def write_results(run_dir: str | os.PathLike, results: dict[str, Any], trunk_lab
     write_json_atomic(path, results)
     write_text_atomic(path.with_suffix(".txt"), line)
     return path
-
-
-# -- The shared probe stage: flags and runner --------------------------------------------------------------------
-
-def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags both official lin_probe.py scripts share (same names and defaults), plus ours."""
-    parser.add_argument("--data-root", type=str, default=None,
-                        help="folder with ILSVRC2012_img_train/ and ILSVRC2012_img_val/ (ImageFolder layout)")
-    parser.add_argument("--train-path", type=str, default=None, help="train ImageFolder (overrides --data-root)")
-    parser.add_argument("--val-path", type=str, default=None, help="val ImageFolder (overrides --data-root)")
-    parser.add_argument("--save-path", type=str, default="results_lin_prob")
-    parser.add_argument("--sub-exp-dir", type=str, default=None, help="run folder under --save-path (required)")
-    parser.add_argument("--model-config", type=str, required=True, help="tokenizer YAML")
-    parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint (omitted: random weights)")
-    parser.add_argument("--dataset", type=str, default="imagenet", help="recorded (an ImageFolder is read)")
-    parser.add_argument("--image-size", type=int, default=None, help="default: the tokenizer config's")
-    parser.add_argument("--epochs", type=int, default=90)
-    parser.add_argument("--blr", type=float, default=0.1, help="lr = blr * global batch / 256 unless --lr")
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--warmup-epochs", type=float, default=10)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--batch-size", type=int, default=512, help="per process; global = x world size")
-    parser.add_argument("--min-lr", type=float, default=0.0)
-    parser.add_argument("--global-seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=16)
-    parser.add_argument("--mixed-precision", type=str, choices=["none", "fp16", "bf16"], default="none")
-    parser.add_argument("--log-every", type=int, default=100)
-    parser.add_argument("--ckpt-epoch", type=int, default=10, help="checkpoint every k epochs (and the last)")
-    parser.add_argument("--num-code", type=int, default=None, help="use the first N codes / latent tokens")
-    parser.add_argument("--dist-eval", action="store_true", help="accepted: evaluation is always sharded exactly")
-    parser.add_argument("--lin-probe-ckpt", type=str, default=None, help="--eval: probe checkpoint (default: newest)")
-    parser.add_argument("--eval", action="store_true", help="only evaluate a probe checkpoint on the val set")
-    parser.add_argument("--out", type=str, default=None, help="results JSON (default: <run dir>/lin_probe_acc.json)")
-    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
-
-
-def check_probe_flags(args: argparse.Namespace) -> None:
-    """Reject bad shared flags before any work."""
-    if not args.sub_exp_dir:
-        raise UserError("--sub-exp-dir is required: the run folder is <--save-path>/<--sub-exp-dir>.")
-    for name in ("epochs", "batch_size", "log_every", "ckpt_epoch"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    if args.warmup_epochs < 0 or args.min_lr < 0:
-        raise UserError("--warmup-epochs and --min-lr must be >= 0.")
-    if args.eval and args.lin_probe_ckpt is None and find_probe_checkpoint(
-            Path(args.save_path) / args.sub_exp_dir) is None:
-        raise UserError(f"--eval: no probe checkpoint under '{Path(args.save_path) / args.sub_exp_dir}' and no "
-                         "--lin-probe-ckpt given.")
-    resolve_data_paths(args.data_root, args.train_path, args.val_path, need_train=not args.eval)
-
-
-def start_probe_stage(args: argparse.Namespace) -> tuple[DistInfo, VQConfig, int]:
-    """The opening both probe entry points share: check the flags and the tokenizer checkpoint's existence, join
-    the process group, set up logging, read the tokenizer config and check the image size, seed the weights init.
-
-    Returns:
-        (process info, tokenizer config, image size S).
-    """
-    check_probe_flags(args)
-    if args.vq_ckpt is not None:
-        resolve_checkpoint_path(args.vq_ckpt)  # a missing file fails before any model is built
-    dist_info = init_distributed(args.device)
-    setup_logging(Path(args.save_path) / args.sub_exp_dir)
-    config = load_config(args.model_config)
-    image_size = args.image_size or config.model.init_args.image_size
-    if image_size != config.model.init_args.image_size:
-        raise UserError(f"--image-size {image_size} differs from the tokenizer's image_size "
-                         f"{config.model.init_args.image_size} ('{args.model_config}').")
-    if args.vq_ckpt is None:
-        logger.warning("no --vq-ckpt: the tokenizer has RANDOM weights (tests only)")
-    torch.manual_seed(args.global_seed)  # random tokenizer weights agree across ranks
-    return dist_info, config, image_size
-
-
-def _num_workers(args: argparse.Namespace, dist_info: DistInfo) -> int:
-    return min(args.num_workers, max((os.cpu_count() or 1) // dist_info.world_size, 1))
-
-
-def _amp_dtype(args: argparse.Namespace, device: torch.device) -> tuple[torch.dtype | None, str]:
-    precision = args.mixed_precision
-    if precision == "fp16" and device.type == "cpu":
-        logger.warning("--mixed-precision fp16 is not supported on CPU; running in fp32 instead")
-        precision = "none"
-    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision], precision
-
-
-def run_probe(args: argparse.Namespace, features_fn: FeaturesFn, dist_info: DistInfo, *, image_size: int,
-              trunk_label: str, describe: dict[str, Any]) -> dict[str, Any]:
-    """Train (resuming) then evaluate a linear probe, or with `--eval` only evaluate one; returns the results.
-
-    Args:
-        features_fn: frozen trunk, images (B, 3, S, S) in [-1, 1] -> (B, D); must be deterministic (eval mode).
-        trunk_label: "LM" or "Tokenizer" (the official results line).
-        describe: what the features are (recorded in the results and the checkpoints).
-    """
-    device = dist_info.device
-    run_dir = Path(args.save_path) / args.sub_exp_dir
-    amp_dtype, precision = _amp_dtype(args, device)
-    with torch.no_grad():
-        dim = int(features_fn(torch.zeros(1, 3, image_size, image_size, device=device)).shape[-1])
-    train_path, val_path = resolve_data_paths(args.data_root, args.train_path, args.val_path, not args.eval)
-    if args.eval:
-        ckpt_path = Path(args.lin_probe_ckpt) if args.lin_probe_ckpt else find_probe_checkpoint(run_dir)
-        ckpt, probe = load_probe_weights(ckpt_path, dim)
-        _, val, _ = build_probe_datasets(None, val_path, image_size, args.global_seed, ckpt.get("classes"))
-        probe, epoch = probe.to(device), int(ckpt.get("epoch", -1))
-    else:
-        train, val, classes = build_probe_datasets(train_path, val_path, image_size, args.global_seed)
-        logger.info(f"linear probe on {describe}: {dim}-d features, {len(classes)} classes; train '{train_path}' "
-                    f"({len(train)} images), val '{val_path}' ({len(val)} images), image size {image_size}")
-        probe = train_probe(args, features_fn, dist_info, train, classes, dim, amp_dtype,
-                            {"precision": precision, "features": describe})
-        ckpt_path, epoch = probe_checkpoint_path(run_dir, args.epochs - 1), args.epochs - 1
-
-    # Every rank scores a strided shard (no padding duplicates, unlike a DistributedSampler); counts are summed.
-    shard = Subset(val, range(dist_info.rank, len(val), dist_info.world_size))
-    loader = DataLoader(shard, batch_size=args.batch_size, shuffle=False, num_workers=_num_workers(args, dist_info),
-                        pin_memory=device.type == "cuda")
-    results = {**evaluate(probe, loader, features_fn, device, amp_dtype), "num_classes": probe.head.out_features,
-               "checkpoint": str(ckpt_path), "epoch": epoch, "features": describe, "val_path": str(val_path)}
-    if is_main_process():
-        path = write_results(run_dir, results, trunk_label, args.out)
-        logger.info(f"{trunk_label}: top-1 {100 * results['top1']:.2f}%, top-5 {100 * results['top5']:.2f}% on "
-                    f"{results['num_images']} val images (probe epoch {epoch}); wrote '{path}'")
-    return results
-
-
-def train_probe(args: argparse.Namespace, features_fn: FeaturesFn, dist_info: DistInfo, train: Dataset,
-                classes: list[str], dim: int, amp_dtype: torch.dtype | None, derived: dict[str, Any]) -> LinearProbe:
-    """Train the probe for `--epochs`, resuming after the newest checkpoint of the run; returns the final probe."""
-    device, world_size = dist_info.device, dist_info.world_size
-    run_dir = Path(args.save_path) / args.sub_exp_dir
-    global_batch = args.batch_size * world_size
-    steps_per_epoch = len(train) // global_batch
-    if steps_per_epoch == 0:
-        raise UserError(f"{len(train)} training images are fewer than one global batch of {global_batch} "
-                         f"(--batch-size {args.batch_size} x {world_size} process(es)).")
-    schedule = ProbeSchedule(probe_lr(args.blr, args.lr, global_batch), args.epochs, args.warmup_epochs, args.min_lr)
-    torch.manual_seed(args.global_seed)  # same head init on every rank
-    probe = LinearProbe(dim, len(classes)).to(device)
-    optimizer = LARS(probe.parameters(), lr=schedule.lr, weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    config = {**{k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
-              "derived": {**derived, "world_size": world_size, "global_batch_size": global_batch, "lr": schedule.lr,
-                          "steps_per_epoch": steps_per_epoch, "feature_dim": dim, "num_classes": len(classes)}}
-
-    start_epoch, step = 0, 0
-    resume_path = find_probe_checkpoint(run_dir)
-    if resume_path is not None:
-        ckpt = read_checkpoint(resume_path)
-        saved_batch = (ckpt.get("config") or {}).get("derived", {}).get("global_batch_size", global_batch)
-        if saved_batch != global_batch:
-            logger.warning(f"resuming with global batch {global_batch}; the checkpoint was trained with {saved_batch}")
-        probe.load_state_dict(extract_state_dict(ckpt, prefer=("model",), source=str(resume_path)))
-        load_optimizer_state(optimizer, ckpt["optimizer"])
-        if "scaler" in ckpt and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step = int(ckpt["epoch"]) + 1, int(ckpt["steps"])
-    logger.info(f"world size {world_size}, device {device}, precision {derived['precision']}; global batch "
-                f"{global_batch} = {args.batch_size} x {world_size}; lr {schedule.lr:g} ("
-                f"{'--lr' if args.lr is not None else f'blr {args.blr} x {global_batch} / 256'}), warm-up "
-                f"{args.warmup_epochs} epochs, cosine to {args.min_lr:g} at epoch {args.epochs}; LARS, weight decay "
-                f"{args.weight_decay}; {steps_per_epoch} steps/epoch, {steps_per_epoch * args.epochs} steps; "
-                f"{'resuming from ' + str(resume_path) if resume_path else 'starting fresh'} at epoch {start_epoch}")
-
-    sampler = ResumableDistributedSampler(train, shuffle=True, seed=args.global_seed, drop_last=True)
-    loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler, num_workers=_num_workers(args, dist_info),
-                        pin_memory=device.type == "cuda", drop_last=True,
-                        generator=torch.Generator().manual_seed(args.global_seed))
-    model = parallelize(probe, "ddp", device=device)
-    metrics = MetricsLogger(run_dir)
-    window: list[torch.Tensor] = []
-
-    def log_fn(at: int, loss: torch.Tensor, lr: float) -> None:
-        window.append(loss.float())
-        if at % args.log_every == 0:  # collective: every rank reaches the same steps
-            reduced = reduce_metrics({"train/loss": torch.stack(window).mean()})
-            metrics.log(at, {**reduced, "train/lr": lr, "train/epoch": at / steps_per_epoch})
-            window.clear()
-
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        train.set_epoch(epoch)  # the augmentation of each image is keyed by (seed, epoch, index)
-        step = train_one_epoch(model, optimizer, loader, features_fn, schedule=schedule, step=step,
-                               steps_per_epoch=steps_per_epoch, device=device, amp_dtype=amp_dtype, scaler=scaler,
-                               log_fn=log_fn)
-        if (epoch % args.ckpt_epoch == 0 and epoch > 0) or epoch == args.epochs - 1:  # official policy
-            if is_main_process():
-                save_probe_checkpoint(probe_checkpoint_path(run_dir, epoch), model=model, optimizer=optimizer,
-                                      scaler=scaler, epoch=epoch, steps=step, classes=classes, config=config)
-            if dist.is_initialized():
-                dist.barrier()
-    metrics.close()
-    if dist.is_initialized():  # BN running stats drift per rank after the last step: evaluate rank 0's (the saved)
-        for buffer in probe.buffers():
-            dist.broadcast(buffer, src=0)
-    return probe

@@ -6,13 +6,15 @@ Used by the entry points `gigatok.stages.sample_c2i_visualization` (class grids)
 gigatok.builders). Both read `gigatok.config.GPTSampleConfig`: sections `model` (the GPT), `tokenizer` and `sample`,
 one official flag per field.
 
-Chunks (gigatok.stages.sample_c2i): the N samples are cut into fixed chunks of consecutive global sample indices, each
-sampled by one `generate()` call from its own generator seeded by (global seed, first index). A chunk's images
-therefore depend neither on the number of ranks nor on interruptions; every finished chunk is one `.npz` file
-written atomically (`chunk_000123.npz`: arr_0 (n, H, W, 3) uint8, arr_1 (n,) int64 labels), so a restarted job
-skips it.
+Chunks (gigatok.stages.sample_c2i): the N samples (N = num_samples images) are cut into fixed chunks of
+consecutive global sample indices, each sampled by one `generate()` call from its own generator seeded by (global
+seed, first index). A chunk's images therefore depend neither on the number of ranks nor on interruptions; every
+finished chunk is one `.npz` file written atomically (`chunk_000123.npz`: arr_0 (B, S, S, 3) uint8, arr_1 (B,) int64
+labels, B = the chunk's samples), so a restarted job skips it.
 
-Shape letters: B batch, L codes per image, S image size (S_eval after the resize for saving).
+Shape letters: B batch; S image side (square images, H = W = S); L latent tokens = codes per image (1D tokenizer:
+num_latent_tokens; 2D: G*G); N a flattened count, stated where used. Images are generated at S = image_size and saved
+at S = image_size_eval (after a resize when the two differ).
 """
 from __future__ import annotations
 
@@ -176,7 +178,7 @@ def generate_images(gpt: torch.nn.Module, tokenizer: torch.nn.Module, labels: to
     `clamp(127.5 x + 128, 0, 255)` truncated to uint8.
 
     Returns:
-        (B, S_eval, S_eval, 3) uint8 numpy array.
+        (B, S, S, 3) uint8 numpy array, S = image_size_eval.
     """
     s = config.sample
     generator = torch.Generator(labels.device).manual_seed(seed)
@@ -184,10 +186,10 @@ def generate_images(gpt: torch.nn.Module, tokenizer: torch.nn.Module, labels: to
                      cfg_schedule_kwargs=schedule_kwargs, cfg_interval=s.cfg_interval, temperature=s.temperature,
                      top_k=s.top_k, top_p=s.top_p, generator=generator, compile=s.compile)  # (B, L) int64
     with torch.no_grad():
-        images = tokenizer.decode_code(codes).float()  # (B, 3, S, S), unclamped ~[-1, 1]
+        images = tokenizer.decode_code(codes).float()  # (B, 3, S, S) at S = image_size, unclamped ~[-1, 1]
         if image_size_eval != image_size:
             images = F.interpolate(images, size=(image_size_eval, image_size_eval), mode="bicubic")
-    return to_uint8(images).numpy()  # (B, S_eval, S_eval, 3)
+    return to_uint8(images).numpy()  # (B, S, S, 3) at S = image_size_eval
 
 
 # ---- FID sampling plan and chunk files (gigatok.stages.sample_c2i) ----
@@ -195,10 +197,11 @@ def generate_images(gpt: torch.nn.Module, tokenizer: torch.nn.Module, labels: to
 def uniform_class_labels(num_samples: int, num_classes: int) -> np.ndarray:
     """Class of every global sample index: each class num_samples // num_classes times, interleaved.
 
-    Sample i has class i % num_classes for the first (num_samples // C) * C indices, so any prefix is nearly
-    balanced and every chunk mixes classes. The remaining num_samples % C samples go to classes spread evenly over
-    [0, C) (class floor(j * C / r) for the j-th of r), deterministic. (The official samplers draw
-    `torch.randint(0, C)` per batch instead, so their class counts vary by about +-sqrt(N / C).)
+    Sample i has class i % num_classes for the first (num_samples // num_classes) * num_classes indices, so any
+    prefix is nearly balanced and every chunk mixes classes. The remaining r = num_samples % num_classes samples go
+    to classes spread evenly over [0, num_classes) (class floor(j * num_classes / r) for the j-th of them),
+    deterministic. (The official samplers draw `torch.randint(0, num_classes)` per batch instead, so their class
+    counts vary by about +-sqrt(num_samples / num_classes).)
 
     Returns:
         (num_samples,) int64 labels in [0, num_classes).
@@ -223,7 +226,7 @@ def chunk_path(chunk_dir: Path, index: int) -> Path:
 
 
 def save_chunk(path: Path, images_uint8: np.ndarray, labels: np.ndarray) -> None:
-    """Atomically write one chunk: arr_0 (n, H, W, 3) uint8, arr_1 (n,) int64."""
+    """Atomically write one chunk: arr_0 (B, S, S, 3) uint8, arr_1 (B,) int64 (B = the chunk's samples)."""
     save_npz_atomic(path, arr_0=images_uint8, arr_1=labels)
 
 
@@ -237,7 +240,7 @@ def load_chunks(chunk_dir: Path, bounds: list[tuple[int, int]], labels: np.ndarr
     images are 9.8 GB, so no second copy is made).
 
     Returns:
-        (N, H, W, 3) uint8.
+        (N, S, S, 3) uint8, N = all planned samples.
 
     Raises:
         UserError: a chunk is missing (ranks without a shared file system) or does not fit the plan.
@@ -251,7 +254,7 @@ def load_chunks(chunk_dir: Path, bounds: list[tuple[int, int]], labels: np.ndarr
         with np.load(path) as data:
             chunk, chunk_labels = data["arr_0"], data["arr_1"]
         if images is None:
-            images = np.empty((bounds[-1][1], *chunk.shape[1:]), dtype=np.uint8)  # (N, H, W, 3)
+            images = np.empty((bounds[-1][1], *chunk.shape[1:]), dtype=np.uint8)  # (N, S, S, 3)
         if chunk.shape != (end - start, *images.shape[1:]) or not np.array_equal(chunk_labels, labels[start:end]):
             raise UserError(f"chunk file '{path}' does not match this run's sampling plan (samples {start}.."
                              f"{end - 1}, {images.shape[1:]} images). Delete '{chunk_dir}' to sample again.")

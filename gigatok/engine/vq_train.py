@@ -1,7 +1,7 @@
 """The tokenizer's training step: the generator update, then the discriminator's once it is active (official
 `vq_train.py` loop body), with gradient accumulation, mixed precision, non-finite-loss guards and an EMA.
 
-Shape letters: B batch, C channels (3), S image size.
+Shape letters: B batch; C channels; S image side (square images, H = W = S). Here C = 3 and S = image_size.
 """
 from __future__ import annotations
 

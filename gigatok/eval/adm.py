@@ -18,6 +18,9 @@ then both slow (~1 min per call on CPU) and inaccurate (~1e-3); `results["fid_me
 
 Reference features are cached next to the reference as `<ref stem>.gigatok_cache.npz`, keyed by the weights
 file's SHA-1 and the reference's size and mtime, so repeated evaluations (CFG search) skip the 10k-50k images.
+
+Shape letters: H, W height and width of an image or feature map; N a flattened count, stated where used. Here N is
+the number of images of a batch file.
 """
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ Weights are the TF "inception-2015-12-05" FID graph's, in one of three files (tr
 
 The network (gigatok/eval/inception_net.py) gets its BatchNorms folded into the convolutions and channels-last
 weights after loading: same features to ~1e-6 relative, faster on CPU.
+
+Shape letters: B batch; H, W height and width of an image or feature map; N a flattened count, stated where used.
+Here B <= batch_size is the images of one forward pass and N the number of images of all batches of a stream.
 """
 from __future__ import annotations
 
@@ -232,8 +235,8 @@ def load_inception(path: str | None = None, device: str | torch.device = "cpu",
 
 
 def _rebatch(batches: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    """Regroup uint8 (n, H, W, 3) arrays into arrays of `batch_size` images (the last may be smaller; a
-    change of image size also closes a batch)."""
+    """Regroup uint8 (images, H, W, 3) arrays of any length into arrays of `batch_size` images (the last may be
+    smaller; a change of image size also closes a batch)."""
     pending: list[np.ndarray] = []
     count = 0
     for batch in batches:
@@ -263,21 +266,22 @@ def extract_features(model: FIDInceptionV3, batches: Iterable[np.ndarray], batch
 
     Args:
         model: from `load_inception`.
-        batches: uint8 arrays (n, H, W, 3) in [0, 255], any n; re-batched to `batch_size` (ADM: 64).
+        batches: uint8 arrays (images, H, W, 3) in [0, 255] of any length; re-batched to `batch_size` (ADM: 64).
         batch_size: images per forward pass.
         device: where to run; default: the model's device.
         progress: show a tqdm bar (stderr).
         total: number of images, for the bar only.
 
     Returns:
-        "pool" (M, 2048), "spatial" (M, 2023) and, with a classifier, "logits" (M, 1008): float32 arrays.
+        "pool" (N, 2048), "spatial" (N, 2023) and, with a classifier, "logits" (N, 1008): float32 arrays over
+        the N images of `batches`.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     keys = ["pool", "spatial"] + (["logits"] if model.has_classifier else [])
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     with tqdm(total=total, unit="img", desc="inception", disable=not progress) as bar:
         for chunk in _rebatch(batches, batch_size):
-            images = torch.from_numpy(np.ascontiguousarray(chunk)).to(device).permute(0, 3, 1, 2)  # (n, 3, H, W)
+            images = torch.from_numpy(np.ascontiguousarray(chunk)).to(device).permute(0, 3, 1, 2)  # (B, 3, H, W)
             features = model(images)
             for k in keys:
                 parts[k].append(features[k].cpu().numpy())

@@ -8,8 +8,9 @@ taken from the TF graph:
 BatchNorm uses eps 0.001. Module and parameter names follow torch-fidelity's `FeatureExtractorInceptionV3`
 (which are torchvision's names), so torch-fidelity's and pytorch-fid's weight files load as they are.
 
-Letters: N images, C channels, H/W height/width. Inside the network tensors are NCHW-shaped, usually stored
-channels-last (faster convolutions on CPU).
+Shape letters: C channels; H, W height and width of an image or feature map; N a flattened count, stated where
+used. Here N is the number of images of a batch and C_out a conv's output channels. Inside the network tensors are
+NCHW-shaped, usually stored channels-last (faster convolutions on CPU).
 """
 from __future__ import annotations
 

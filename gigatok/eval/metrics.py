@@ -24,6 +24,9 @@ rounding are not, and give the same numbers on CPU and GPU). TF32 is off inside 
 TensorFlow on CPU accumulates float16 differently: measured against adm_tf_evaluator.py on CPU, 56% of the
 float16 distances are identical and the rest differ by a few float16 steps, which moved P/R by one or two
 boundary points on 200-500-image sets (e.g. recall 0.8267 vs 0.82); float32 distances differ from both by as much.
+
+Shape letters: D width; N a flattened count, stated where used. Here D is the width of one feature vector (2048 for
+pool_3, 2023 for the spatial sFID features) and N a number of images (N1, N2, N_ref, N_sample: those of one set).
 """
 from __future__ import annotations
 
@@ -65,7 +68,8 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Frechet distance between two Gaussians, |mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)), ADM/TTUR numerics.
+    """Frechet distance between two Gaussians, |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrtm(sigma1 sigma2)), ADM/TTUR
+    numerics.
 
     Args:
         mu1, mu2: (D,) means. sigma1, sigma2: (D, D) covariances (float64 recommended).
@@ -74,7 +78,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         The distance (>= 0 up to rounding; slightly negative values are possible for nearly equal statistics).
 
     Raises:
-        FrechetDistanceError: shapes differ, or sqrtm(S1 S2) has a diagonal imaginary part above 1e-3.
+        FrechetDistanceError: shapes differ, or sqrtm(sigma1 sigma2) has a diagonal imaginary part above 1e-3.
     """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
@@ -103,10 +107,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
     """The same Frechet distance computed exactly from the features, for sets smaller than the feature dimension.
 
-    With Xi the centred (Ni, D) features and Si = Xi^T Xi / (Ni - 1), the non-zero eigenvalues of S1 S2 are the
-    squared singular values of X1 X2^T / sqrt((N1 - 1)(N2 - 1)), so tr sqrtm(S1 S2) is the sum of those singular
-    values. When min(N1, N2) <= D the covariances are singular: `scipy.linalg.sqrtm` is then slow (about a minute
-    for D = 2048 on a laptop CPU) and only accurate to ~1e-3, while this is exact and takes milliseconds.
+    With Xi the centred (Ni, D) features and sigma_i = Xi^T Xi / (Ni - 1), the non-zero eigenvalues of
+    sigma_1 sigma_2 are the squared singular values of X1 X2^T / sqrt((N1 - 1)(N2 - 1)), so tr sqrtm(sigma_1 sigma_2)
+    is the sum of those singular values. When min(N1, N2) <= D the covariances are singular: `scipy.linalg.sqrtm` is
+    then slow (about a minute for D = 2048 on a laptop CPU) and only accurate to ~1e-3, while this is exact and takes
+    milliseconds.
 
     Args:
         features1, features2: (N1, D), (N2, D) features, N1, N2 >= 2.
@@ -140,13 +145,13 @@ def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2 or logits.shape[0] == 0:
         raise ValueError(f"inception_score needs (N, C) logits with N >= 1, got shape {logits.shape}")
-    log_p = logits - logsumexp(logits, axis=1, keepdims=True)  # (N, C) log softmax
+    log_p = logits - logsumexp(logits, axis=1, keepdims=True)  # (N, 1008) log softmax
     scores = []
     for start in range(0, len(log_p), split_size):
-        part = log_p[start:start + split_size]  # (n, C)
-        log_mean_p = logsumexp(part, axis=0) - math.log(len(part))  # (C,) log of the split's marginal p(y)
+        part = log_p[start:start + split_size]  # (<= split_size, 1008)
+        log_mean_p = logsumexp(part, axis=0) - math.log(len(part))  # (1008,) log of the split's marginal p(y)
         p = np.exp(part)
-        kl = np.where(p > 0, p * (part - log_mean_p), 0.0).sum(axis=1)  # (n,) KL per image
+        kl = np.where(p > 0, p * (part - log_mean_p), 0.0).sum(axis=1)  # (<= split_size,) KL per image
         scores.append(math.exp(kl.mean()))
     return float(np.mean(scores))
 
@@ -165,19 +170,19 @@ def pairwise_sq_distances(u: torch.Tensor, v: torch.Tensor, use_fp16: bool = Tru
     """Squared L2 distances between two feature blocks, ADM `DistanceBlock` numerics.
 
     Args:
-        u: (n, D) float32 features. v: (m, D) float32 features, same device.
+        u: (N1, D) float32 features. v: (N2, D) float32 features, same device.
         use_fp16: first try the float16 computation (ADM); False computes in float32 only.
 
     Returns:
-        (n, m) float32 distances max(|u|^2 - 2 u.v + |v|^2, 0); computed in float16 (see the module docstring)
+        (N1, N2) float32 distances max(|u|^2 - 2 u.v + |v|^2, 0); computed in float16 (see the module docstring)
         unless that block has a non-finite value, in which case it is recomputed in float32.
     """
     with _full_precision_matmul():
         if use_fp16:
             u16, v16 = u.half(), v.half()
-            norm_u = (u16 * u16).sum(1, dtype=torch.float32).half()  # (n,) float16 squares, float32 accumulation
-            norm_v = (v16 * v16).sum(1, dtype=torch.float32).half()  # (m,)
-            dots = (u16.float() @ v16.float().T).half()  # (n, m) float32 accumulation, float16 result
+            norm_u = (u16 * u16).sum(1, dtype=torch.float32).half()  # (N1,) float16 squares, float32 accumulation
+            norm_v = (v16 * v16).sum(1, dtype=torch.float32).half()  # (N2,)
+            dots = (u16.float() @ v16.float().T).half()  # (N1, N2) float32 accumulation, float16 result
             dist = (norm_u[:, None] - 2 * dots + norm_v[None, :]).clamp_min_(0)  # float16 arithmetic
             if bool(torch.isfinite(dist).all()):
                 return dist.float()
@@ -203,9 +208,9 @@ def manifold_radii(features: torch.Tensor, k: int = 3, row_batch: int = 10000, c
     radii = torch.empty(num, dtype=torch.float32, device=features.device)
     for r0 in range(0, num, row_batch):
         rows = features[r0:r0 + row_batch]
-        smallest = None  # (r, k + 1) smallest distances seen so far, ascending
+        smallest = None  # (<= row_batch, k + 1) smallest distances seen so far, ascending
         for c0 in range(0, num, col_batch):
-            block = pairwise_sq_distances(rows, features[c0:c0 + col_batch], use_fp16)  # (r, c)
+            block = pairwise_sq_distances(rows, features[c0:c0 + col_batch], use_fp16)  # (<= row_batch, <= col_batch)
             candidates = block if smallest is None else torch.cat([smallest, block], dim=1)
             smallest = torch.topk(candidates, min(k + 1, candidates.shape[1]), dim=1, largest=False).values
         radii[r0:r0 + rows.shape[0]] = smallest[:, k]
@@ -245,7 +250,7 @@ def precision_recall(ref_features: np.ndarray, sample_features: np.ndarray, k: i
         r1 = min(r0 + row_batch, len(ref))
         for c0 in range(0, len(sample), col_batch):
             c1 = min(c0 + col_batch, len(sample))
-            dist = pairwise_sq_distances(ref[r0:r1], sample[c0:c1], use_fp16)  # (r, c)
+            dist = pairwise_sq_distances(ref[r0:r1], sample[c0:c1], use_fp16)  # (<= row_batch, <= col_batch)
             ref_inside[r0:r1] |= (dist <= radii_sample[None, c0:c1]).any(dim=1)
             sample_inside[c0:c1] |= (dist <= radii_ref[r0:r1, None]).any(dim=0)
     return float(sample_inside.double().mean()), float(ref_inside.double().mean())

@@ -12,6 +12,9 @@ A batch of 50k 256-px images is ~9.8 GB, and `np.load(..., mmap_mode=...)` does 
 `.npz` (it is a zip), so `read_image_batches` opens the `arr_0.npy` member of the zip, parses its `.npy` header
 itself and reads `batch_size` rows at a time (also through deflate for `np.savez_compressed` files), as the ADM
 evaluator does.
+
+Shape letters: B batch; H, W height and width of an image or feature map; N a flattened count, stated where used.
+Here N is the number of images of a batch file and B <= batch_size the images of one streamed read.
 """
 from __future__ import annotations
 
@@ -174,7 +177,7 @@ def _stream_rows(path: Path, batch_size: int) -> Iterator[np.ndarray]:
             if len(data) != rows * row_bytes:
                 raise NpzFormatError(f"'{path}': arr_0 is truncated (the header says {shape[0]} images, the data "
                                      f"ends inside image {start + len(data) // row_bytes})")
-            yield np.frombuffer(data, dtype=dtype).reshape(rows, *shape[1:])  # (n, H, W, 3), read-only
+            yield np.frombuffer(data, dtype=dtype).reshape(rows, *shape[1:])  # (B, H, W, 3), read-only
 
 
 def read_image_batches(path: str | os.PathLike, batch_size: int) -> Iterator[np.ndarray]:
@@ -187,7 +190,8 @@ def read_image_batches(path: str | os.PathLike, batch_size: int) -> Iterator[np.
         batch_size: images per yielded batch (the last one may be smaller).
 
     Returns:
-        An iterator over (n, H, W, 3) uint8 arrays (read-only views), in file order.
+        An iterator over (B, H, W, 3) uint8 arrays, B = batch_size (smaller for the last one; read-only views), in
+        file order.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")

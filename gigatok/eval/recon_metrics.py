@@ -11,10 +11,13 @@ The official evaluation (LlamaGen / GigaTok `reconstruction_*_ddp.py`) calls, pe
     psnr = peak_signal_noise_ratio(recon_uint8 / 255, gt)                  data range inferred: 1
     ssim = structural_similarity(recon_uint8 / 255, gt, channel_axis=-1, data_range=2.0)
 with float32 (H, W, 3) arrays in [0, 1] and averages over images. data_range=2.0 is a quirk: both constants
-C1 = (0.01 R)^2 and C2 = (0.03 R)^2 become 4x larger than the standard data_range=1, which pulls every SSIM
-towards 1. We report that value as `ssim` (comparable with the papers) and the standard one as `ssim_data_range_1`.
+C1 = (0.01 data_range)^2 and C2 = (0.03 data_range)^2 become 4x larger than the standard data_range=1, which pulls
+every SSIM towards 1. We report that value as `ssim` (comparable with the papers) and the standard one as
+`ssim_data_range_1`.
 
-Letters: B batch, H/W spatial size, C channels, K codebook size.
+Shape letters: B batch; C channels; H, W height and width of an image or feature map; L latent tokens = codes per
+image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook size (= GPT vocabulary); N a flattened count, stated
+where used. Here N is a number of images.
 """
 from __future__ import annotations
 
@@ -116,7 +119,8 @@ def _box_filter(images: np.ndarray, size: int, axes: Sequence[int]) -> np.ndarra
 
 def _ssim_channel_means(images_a: np.ndarray, images_b: np.ndarray, data_ranges: Sequence[float],
                         win_size: int) -> tuple[np.ndarray, np.dtype]:
-    """(B, H, W, C) pairs -> ((B, R, C) float64 mean SSIM per image, data range and channel; the working type)."""
+    """(B, H, W, C) pairs -> ((B, len(data_ranges), C) float64 mean SSIM per image, data range and channel; the
+    working type)."""
     if images_a.shape != images_b.shape or images_a.ndim != 4:
         raise ValueError(f"expected two (B, H, W, C) arrays of one shape; got {images_a.shape}, {images_b.shape}")
     if win_size % 2 != 1 or min(images_a.shape[1:3]) < win_size:
@@ -154,11 +158,12 @@ def ssim_batch(images_a: np.ndarray, images_b: np.ndarray, data_ranges: Sequence
         images_a: (B, H, W, C) real images (C >= 1), H and W >= `win_size`. The official call passes the uint8
             reconstruction / 255 (float32, [0, 1]) here.
         images_b: same shape.
-        data_ranges: R values, e.g. (2.0, 1.0) for the official and the standard convention on [0, 1] images.
+        data_ranges: the data ranges, e.g. (2.0, 1.0) for the official and the standard convention on [0, 1]
+            images.
         win_size: odd side of the uniform window.
 
     Returns:
-        (B, R) float64.
+        (B, len(data_ranges)) float64.
     """
     channel_means, float_type = _ssim_channel_means(np.asarray(images_a), np.asarray(images_b), data_ranges,
                                                     win_size)
@@ -241,9 +246,9 @@ RECORD_FIELDS = ("psnr", "ssim", "ssim_data_range_1", "lpips")
 class ReconRecords:
     """Per-image metrics of a reconstruction run, keyed by image index, plus its codebook-usage mask.
 
-    Saved atomically as a small .npz (`indices` (n,) int64, `values` (n, 4) float64 in RECORD_FIELDS order, lpips
-    NaN when not computed, `used` (K,) bool, `run_key` str), so an interrupted run resumes from the images already
-    recorded; the saved PNGs are written before the record that vouches for them.
+    Saved atomically as a small .npz (`indices` (N,) int64, `values` (N, 4) float64 in RECORD_FIELDS order, lpips
+    NaN when not computed, `used` (K,) bool, `run_key` str; N = the recorded images), so an interrupted run resumes
+    from the images already recorded; the saved PNGs are written before the record that vouches for them.
 
     Args:
         codebook_size: K.

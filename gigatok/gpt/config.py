@@ -1,6 +1,9 @@
 """Typed configuration of the class-conditional GPT (LlamaGen's `ModelArgs` field names, plus `pos_type`).
 
 Plain dataclass, no omegaconf: the run config (`gigatok.config`) maps its fields onto this one.
+
+Shape letters: L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook size
+(= GPT vocabulary); D width; Dh head dim; nh query heads; nkv key/value heads.
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ class GPTConfig:
     n_layer: int = 32
     """Number of transformer blocks."""
     n_head: int = 32
-    """Query heads H; head dim = dim // n_head (100 for GPT-3B)."""
+    """Query heads nh; head dim Dh = dim // n_head (100 for GPT-3B)."""
     n_kv_head: int | None = None
-    """Key/value heads (None: = n_head, plain multi-head attention as in every released model)."""
+    """Key/value heads nkv (None: = n_head, plain multi-head attention as in every released model)."""
     multiple_of: int = 256
     """SwiGLU hidden width is rounded up to a multiple of this."""
     ffn_dim_multiplier: float | None = None
@@ -53,7 +56,7 @@ class GPTConfig:
     cls_token_num: int = 1
     """Condition positions before the codes (must be 1 for class-conditional models)."""
     block_size: int = 256
-    """Number of image tokens per sample (a perfect square for rope_2d)."""
+    """L, the number of codes per image (a perfect square for rope_2d)."""
     pos_type: str = "learned_1d"
     """One of POS_TYPES: 'learned_1d' (GigaTok gpt_1d), 'rope_2d' (LlamaGen), 'rope_1d' (textbook 1D RoPE with
     base rope_base and a zero class row; GigaTok's --rope variant, never released, appears to build its table

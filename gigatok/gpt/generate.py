@@ -3,12 +3,14 @@
 Decoding (SPEC_llamagen §2, SPEC_gigatok §6.4): with guidance the batch is doubled as [cond; null] (2B rows,
 cond first); prefill runs the class token alone, then one code per step is fed to both halves. Guided logits are
 `uncond + (cond - uncond) * cfg` on raw logits, then / temperature, top-k / top-p filtering, softmax and
-`torch.multinomial`. The first code (prefill) always uses the full `cfg_scale`; code t = 1 .. N-1 uses
-`schedule(ratio = t / (N - 1))`. Whether the batch is doubled is decided once from `cfg_scale > 1` (GigaTok
+`torch.multinomial`. The first code (prefill) always uses the full `cfg_scale`; code t = 1 .. L-1 uses
+`schedule(ratio = t / (L - 1))`. Whether the batch is doubled is decided once from `cfg_scale > 1` (GigaTok
 re-tests every scheduled value and adds 1e-4 to keep it above 1, which our single decision makes moot; where its
 schedule does reach 1, the cosine's last code, the official code breaks while ours keeps guiding with 1.0).
 
-Shape letters: B samples, R decoding rows (2B with guidance, else B), K vocabulary, N generated codes.
+Shape letters: B batch; L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook
+size (= GPT vocabulary); R decoding rows (2B with classifier-free guidance, else B). Here B counts the samples
+(labels) and L = `num_tokens`, the codes generated per image.
 """
 from __future__ import annotations
 
@@ -141,7 +143,7 @@ def generate(gpt: GPT, labels: torch.Tensor, num_tokens: int, cfg_scale: float =
     Args:
         gpt: the model (any dtype/device; caches take the token embedding's).
         labels: (B,) int64 classes in [0, num_classes] (`num_classes` = unconditional); they decide the device.
-        num_tokens: N codes to generate, 1 .. block_size.
+        num_tokens: L, the codes to generate per image, 1 .. block_size (fewer than block_size give a prefix).
         cfg_scale: guidance scale s; > 1 doubles the batch as [cond; null]. <= 1: plain conditional sampling.
         cfg_schedule: one of CFG_SCHEDULES, see `cfg_at`.
         cfg_schedule_kwargs: `window_start` / `window_end` for 'rectangular', `window_start` for 'step' (default
@@ -152,7 +154,7 @@ def generate(gpt: GPT, labels: torch.Tensor, num_tokens: int, cfg_scale: float =
         compile: `torch.compile` the single-token decode step (the prefill stays eager).
 
     Returns:
-        (B, N) int64 codes in [0, K).
+        (B, L) int64 codes in [0, K).
     """
     cfg = gpt.config
     if not 1 <= num_tokens <= cfg.block_size:

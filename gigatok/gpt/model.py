@@ -10,8 +10,11 @@ checkpoints load strictly; the RoPE table and KV caches are never part of the st
 Sequence layout: position 0 holds the class token, position t >= 1 holds code t-1, and the logits at
 position t predict code t (teacher forcing feeds codes[:, :-1] and scores against all codes).
 
-Shape letters: B batch, N codes given, T = 1 + N sequence positions, D width (dim), K vocabulary (= codebook
-size), S positions in one cached call, S_max KV-cache length.
+Shape letters: B batch; L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook size
+(= GPT vocabulary); D width; Dh head dim; T sequence positions (the GPT: class token + codes; attention: query
+positions); Tmax cache length; R decoding rows (2B with classifier-free guidance, else B). Here D = dim and
+L = block_size; teacher forcing on codes[:, :-1] of (B, L) codes has T = L positions, and a cached call has T new
+positions.
 """
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None, input_pos: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, kv_len: int | None = None) -> torch.Tensor:
-        """(B, T or S, D) -> same; `rope`, `input_pos`, `mask`, `kv_len` as in `CausalSelfAttention.forward`."""
+        """(B, T, D) -> same; `rope`, `input_pos`, `mask`, `kv_len` as in `CausalSelfAttention.forward`."""
         h = x + drop_path(self.attention(self.attention_norm(x), rope, input_pos, mask, kv_len), self.drop_path_rate,
                           self.training)
         return h + drop_path(self.feed_forward(self.ffn_norm(h)), self.drop_path_rate, self.training)
@@ -181,7 +184,7 @@ class GPT(nn.Module):
         if labels is not None:
             parts.append(self.cls_embedding(labels, train=self.training))  # (B, 1, D)
         if codes is not None:
-            parts.append(self.tok_embeddings(codes))  # (B, N, D)
+            parts.append(self.tok_embeddings(codes))  # (B, T - 1, D) after a class token, else (B, T, D)
         h = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (B, T, D)
         t = h.shape[1]
         if input_pos is None and t > self.config.max_positions:
@@ -209,7 +212,8 @@ class GPT(nn.Module):
         """Teacher-forced forward (training and evaluation), no KV cache.
 
         Args:
-            codes_in: (B, N) int64 codes in [0, K), normally codes[:, :-1] (N = T - 1, may be 0).
+            codes_in: (B, T - 1) int64 codes in [0, K), normally codes[:, :-1] of (B, L) codes, so T = L
+                (T - 1 may be 0).
             labels: (B,) int64 classes in [0, num_classes]; in train mode each is replaced by the null class
                 with probability class_dropout_prob.
             targets: optional (B, T) int64, normally all codes; logits[:, t] is scored against targets[:, t].
@@ -234,12 +238,12 @@ class GPT(nn.Module):
         `num_layers = n_layer // 2`, then averages over all T positions.
 
         Args:
-            codes_in: (B, N) int64 codes, N <= block_size.
+            codes_in: (B, T - 1) int64 codes, T - 1 <= block_size.
             labels: (B,) int64 in [0, num_classes] (`num_classes` = null class).
             num_layers: 0 .. n_layer.
 
         Returns:
-            (B, T, D), T = 1 + N, in the model dtype (before the final norm).
+            (B, T, D), the class position plus the T - 1 codes, in the model dtype (before the final norm).
         """
         if not 0 <= num_layers <= self.config.n_layer:
             raise ValueError(f"num_layers must be in [0, {self.config.n_layer}], got {num_layers}")
@@ -255,13 +259,13 @@ class GPT(nn.Module):
         """Attach a fresh static KV cache to every block.
 
         Args:
-            max_batch_size: rows decoded together (2B with classifier-free guidance).
+            max_batch_size: the most rows R decoded together (2B with classifier-free guidance).
             max_seq_length: positions needed (class + generated codes); rounded up to a multiple of 8 like the
                 official code (257 -> 264) so tensor shapes stay friendly to compiled kernels.
             dtype, device: default to those of the token embedding.
 
         Returns:
-            The cache length S_max.
+            The cache length Tmax.
         """
         if max_seq_length > self.config.max_positions:
             raise ValueError(f"cannot decode {max_seq_length} positions, the model has "
@@ -290,16 +294,17 @@ class GPT(nn.Module):
         """One decoding call through the attached KV caches (prefill or single-token step).
 
         Args:
-            input_pos: (S,) int64 absolute positions of the new entries (class token = 0, code i = i + 1).
-            codes: (B, S') int64 codes to append, or None (prefill with the class token only).
-            labels: (B,) int64 classes, given only when position 0 is among `input_pos` (prefill).
+            input_pos: (T,) int64 absolute positions of the new entries (class token = 0, code i = i + 1).
+            codes: (R, T) int64 codes to append ((R, T - 1) when `labels` fill position 0), or None (prefill with
+                the class token only).
+            labels: (R,) int64 classes, given only when position 0 is among `input_pos` (prefill).
             kv_len: the number of filled cache slots after this call (= last position + 1), as a Python int, when
                 the caller knows it. Attention then runs over that prefix only and needs no mask, instead of over
                 the whole cache under a mask (3x less attention work on average, and SDPA's masked CPU kernel is
                 slow). Leave it None under torch.compile / CUDA graphs, which want static shapes.
 
         Returns:
-            logits: (B, S, K) float32 for the S new positions.
+            logits: (R, T, K) float32 for the T new positions.
         """
         if not self.has_caches:
             raise RuntimeError("forward_cached needs KV caches: call setup_caches() first")
@@ -311,8 +316,8 @@ class GPT(nn.Module):
             kv_len = None
             s_max = self.layers[0].attention.kv_cache.max_seq_length
             # position p may attend to every cache slot <= p; later (unwritten or stale) slots are masked out
-            mask = torch.arange(s_max, device=h.device)[None, :] <= input_pos[:, None]  # (S, S_max) bool
-            mask = mask[None, None]  # (1, 1, S, S_max), broadcast over batch and heads
+            mask = torch.arange(s_max, device=h.device)[None, :] <= input_pos[:, None]  # (T, Tmax) bool
+            mask = mask[None, None]  # (1, 1, T, Tmax), broadcast over rows and heads
         for layer in self.layers:
             h = layer(h, rope, input_pos, mask, kv_len)
         return self._head(h)

@@ -1,8 +1,8 @@
 """Small helpers for run reports: metrics.jsonl reading, matplotlib curves, image grids and Markdown tables.
 
-Used by the CPU demo (`gigatok.stages.demo`) to turn the stages' outputs into PNGs and `report.md`. matplotlib is
-imported lazily with the non-interactive Agg backend (no display needed). Images are `images_uint8` arrays
-(n, H, W, 3) uint8 throughout.
+Used by the CPU demo's report (`gigatok.engine.demo_report`) to turn the stages' outputs into PNGs and
+`report.md`. matplotlib is imported lazily with the non-interactive Agg backend (no display needed). Images are
+`images_uint8` arrays (n, H, W, 3) uint8 throughout.
 """
 from __future__ import annotations
 
@@ -113,103 +113,4 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _value(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def render_demo_report(metrics: Mapping[str, Any], stages: Sequence[Mapping[str, Any]],
-                       settings: Mapping[str, Any], links: Mapping[str, str], wall_s: float,
-                       limits: Mapping[str, str]) -> str:
-    """The CPU demo's `report.md`.
-
-    Args:
-        metrics: the demo's metrics.json content (with "targets": {name: {target, value, met}}).
-        stages: one dict per stage: name, entry (module or "in-process"), status ("ran"/"reused"), wall_s, cpu_s,
-            log (relative link, or None).
-        settings: name -> value lines of the configuration section (values may hold Markdown).
-        links: relative links of the figures (recon_heldout, recon_photos, samples, curves_tokenizer, curves_gpt),
-            of the sampler's grids (class_grid_0 .. class_grid_9) and of metrics.json (metrics).
-        wall_s: wall time of this invocation.
-        limits: metric name -> what limits it, printed for the targets that were missed.
-    """
-    targets = metrics["targets"]
-    result_rows = [(name, _value(t["value"]), f">= {t['target']}", "yes" if t["met"] else "**NO**")
-                   for name, t in targets.items()]
-    missed = [name for name, t in targets.items() if not t["met"]]
-    stage_rows = [(i, s["name"], f"`{s['entry']}`", s["status"], _value(s["wall_s"], 3), _value(s["cpu_s"], 3),
-                   f"[log]({s['log']})" if s.get("log") else "-") for i, s in enumerate(stages, start=1)]
-    pipeline_wall = sum(s["wall_s"] for s in stages)
-    pipeline_cpu = sum(s["cpu_s"] for s in stages)
-    per_class = ", ".join(f"{c}: {a:.2f}" for c, a in enumerate(metrics["class_agreement_per_class"]))
-    class_grids = " ".join(f"[{c}]({links[f'class_grid_{c}']})" for c in range(10) if f"class_grid_{c}" in links)
-    lines = [
-        "# GigaTok CPU demo",
-        "",
-        ("Every pipeline stage below ran through the entry point users run, with the flags listed in its log: a 2D GigaTok "
-        "tokenizer trained on colourised scikit-learn digits, codes, a class-conditional GPT, samples, and their "
-        "evaluation. Numbers come from this run; nothing is pretrained."),
-        "",
-        "## Results",
-        "",
-        markdown_table(["metric", "value", "target", "met"], result_rows),
-        "",
-        (f"- Held-out reconstruction ({metrics['num_heldout']} digits): PSNR {_value(metrics['heldout_psnr_db'])} dB, "
-        f"SSIM {_value(metrics['heldout_ssim'])} (official data_range=2 convention; standard data_range=1: "
-        f"{_value(metrics['heldout_ssim_data_range_1'])}), codebook usage {_value(metrics['codebook_usage'])}, "
-        f"rFID {_value(metrics.get('heldout_rfid'))}."),
-        (f"- Class agreement of {metrics['num_samples']} generated digits (uniform classes), per class: {per_class}. "
-        f"The judge is a small CNN trained on the real training digits: {_value(metrics['classifier_heldout_accuracy'])} "
-        f"accuracy on the held-out digits ({_value(metrics['classifier_heldout_accuracy_mirrored'])} on their "
-        "mirror images)."),
-        (f"- FID against the held-out digits: {_value(metrics['fid'])} ({metrics['fid_note']}). Few images and tiny "
-        "upsampled digits: a sanity number, not comparable with ImageNet FIDs."),
-    ]
-    if missed:
-        lines += ["", "Missed targets and what limits them:", ""]
-        lines += [f"- `{name}`: {limits.get(name, 'see the curves and logs')}" for name in missed]
-    lines += [
-        "",
-        "## Figures",
-        "",
-        "Held-out digits, ground truth | reconstruction (4 per class):",
-        "",
-        f"![held-out reconstructions]({links['recon_heldout']})",
-        "",
-        "Photos from scikit-image (out of domain: the tokenizer only saw digits), ground truth | reconstruction:",
-        "",
-        f"![photo reconstructions]({links['recon_photos']})",
-        "",
-        "Generated digits, one row per class 0..9 (the sampler's own per-class grids: " + class_grids + "):",
-        "",
-        f"![samples]({links['samples']})",
-        "",
-        "Training curves:",
-        "",
-        f"![tokenizer curves]({links['curves_tokenizer']})",
-        "",
-        f"![GPT curves]({links['curves_gpt']})",
-        "",
-        "## Configuration",
-        "",
-    ]
-    lines += [f"- {name}: {value}" for name, value in settings.items()]
-    lines += [
-        "",
-        "## Stages and time",
-        "",
-        markdown_table(["#", "stage", "entry point", "status", "wall s", "CPU s", "log"], stage_rows),
-        "",
-        (f"Pipeline (all stages as last run): {pipeline_wall:.0f} s wall, {pipeline_cpu:.0f} s CPU. This invocation: "
-        f"{wall_s:.0f} s wall (reused stages cost nothing). CPU s = user + system time of the stage's processes."),
-        "",
-        f"All numbers: [metrics.json]({links['metrics']}).",
-        "",
-    ]
     return "\n".join(lines)

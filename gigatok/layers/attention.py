@@ -5,8 +5,10 @@ the official DETR-style layers (`self_attn`, `multihead_attn`, `linear1/2`, `nor
 load strictly. Unlike `nn.MultiheadAttention` called with its defaults, we never materialise the head-averaged
 attention weights, which lets SDPA use its fused kernels.
 
-Shape letters: B batch, L query tokens, S key/value tokens, D width, H heads, Dh head dim (D / H).
-All tensors here are batch-first (B, L, D); the official code is sequence-first, which changes no value.
+Shape letters: B batch; D width; Dh head dim; nh query heads; T sequence positions (the GPT: class token + codes;
+attention: query positions); Tk key/value positions. Here Dh = D / nh; in the Q-Formers T and Tk are L latent tokens or
+G*G 2D tokens, depending on the direction. All tensors here are batch-first (B, T, D); the official code is
+sequence-first, which changes no value.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ class MultiheadAttention(nn.Module):
 
     Args:
         dim: model width D.
-        num_heads: H; D must be divisible by H.
+        num_heads: nh; D must be divisible by nh.
         dropout: attention-probability dropout, active in training only.
     """
 
@@ -37,20 +39,20 @@ class MultiheadAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, -1).transpose(1, 2)  # (B, N, D) -> (B, H, N, Dh)
+        return x.view(b, n, self.num_heads, -1).transpose(1, 2)  # (B, T or Tk, D) -> (B, nh, T or Tk, Dh)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, same_qk: bool = False) -> torch.Tensor:
-        """Attend `query` (B, L, D) over `key`/`value` (B, S, D); returns (B, L, D).
+        """Attend `query` (B, T, D) over `key`/`value` (B, Tk, D); returns (B, T, D).
 
         Args:
-            attn_mask: optional boolean (L, S) mask, True = masked out (the official convention).
+            attn_mask: optional boolean (T, Tk) mask, True = masked out (the official convention).
             same_qk: `query is key` (self-attention with q = k): one matmul produces both projections.
         """
         d = self.dim
         w, b = self.in_proj_weight, self.in_proj_bias
         if same_qk:
-            q, k = F.linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)  # (B, L, 2D) -> 2 x (B, L, D)
+            q, k = F.linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)  # (B, T, 2D) -> 2 x (B, T, D)
         else:
             q = F.linear(query, w[:d], b[:d])
             k = F.linear(key, w[d: 2 * d], b[d: 2 * d])
@@ -59,8 +61,8 @@ class MultiheadAttention(nn.Module):
         out = F.scaled_dot_product_attention(
             self._heads(q), self._heads(k), self._heads(v), attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, L, Dh)
-        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], d)  # (B, H, L, Dh) -> (B, L, D)
+        )  # (B, nh, T, Dh)
+        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], d)  # (B, nh, T, Dh) -> (B, T, D)
         return self.out_proj(out)
 
 
@@ -82,12 +84,12 @@ class QKNormAttention(nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, same_qk: bool = False) -> torch.Tensor:
         b, n, _ = query.shape
-        q = self.q_norm(self.q_proj(query).view(b, n, self.num_heads, -1))  # (B, L, H, Dh)
-        k = self.k_norm(self.k_proj(key).view(b, key.shape[1], self.num_heads, -1))  # (B, S, H, Dh)
-        v = self.v_proj(value).view(b, value.shape[1], self.num_heads, -1)  # (B, S, H, Dh)
+        q = self.q_norm(self.q_proj(query).view(b, n, self.num_heads, -1))  # (B, T, nh, Dh)
+        k = self.k_norm(self.k_proj(key).view(b, key.shape[1], self.num_heads, -1))  # (B, Tk, nh, Dh)
+        v = self.v_proj(value).view(b, value.shape[1], self.num_heads, -1)  # (B, Tk, nh, Dh)
         mask = None if attn_mask is None else ~attn_mask
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        out = out.transpose(1, 2).reshape(b, n, self.dim)  # (B, H, L, Dh) -> (B, L, D)
+        out = out.transpose(1, 2).reshape(b, n, self.dim)  # (B, nh, T, Dh) -> (B, T, D)
         return self.resid_dropout(self.wo(out))
 
 
@@ -120,7 +122,7 @@ class QFormerLayer(nn.Module):
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None,
                 query_pos: torch.Tensor | None, memory_with_pos: torch.Tensor | None = None,
                 tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tgt (B, L, D) queries, memory (B, S, D); pos (1|B, S, D) and query_pos (1|B, L, D) are added to keys and
+        """tgt (B, T, D) queries, memory (B, Tk, D); pos (1|B, Tk, D) and query_pos (1|B, T, D) are added to keys and
         queries only. `memory_with_pos` (= memory + pos) may be passed precomputed when shared across layers."""
         t2 = self.norm1(tgt)
         qk = t2 if query_pos is None else t2 + query_pos
@@ -148,7 +150,7 @@ class ViTLayer(nn.Module):
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
-        """tgt (B, L, D) -> (B, L, D)."""
+        """tgt (B, T, D) -> (B, T, D)."""
         t2 = self.norm1(tgt)
         tgt = tgt + self.dropout1(self.self_attn(t2, t2, t2, same_qk=True))
         t2 = self.norm2(tgt)

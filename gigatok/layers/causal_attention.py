@@ -2,11 +2,13 @@
 
 Two call modes:
 - training / teacher forcing: no `input_pos`; SDPA with `is_causal=True` over the given sequence.
-- cached decoding: `input_pos` (S,) gives the absolute positions of the S new tokens; their keys/values are
+- cached decoding: `input_pos` (T,) gives the absolute positions of the T new tokens; their keys/values are
   written into the attached `KVCache` and the queries attend over the whole cache under a boolean mask.
 
-Shape letters: B batch, S positions in this call, S_max cache length, D width, H query heads, Hkv key/value
-heads, Dh head dim (D / H).
+Shape letters: B batch; D width; Dh head dim; nh query heads; nkv key/value heads; T sequence positions (the GPT:
+class token + codes; attention: query positions); Tk key/value positions; Tmax cache length. Here T counts the
+positions of this call, Tk is T without a cache and Tmax (or `kv_len`) with one, Dh = D / nh, and B is the R decoding
+rows when decoding.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ class CausalSelfAttention(nn.Module):
 
     Args:
         dim: width D.
-        n_head: query heads H (D must be divisible by H).
-        n_kv_head: key/value heads Hkv (None: = H; grouped-query attention when smaller).
+        n_head: query heads nh (D must be divisible by nh).
+        n_kv_head: key/value heads nkv (None: = nh; grouped-query attention when smaller).
         attn_dropout_p: dropout on attention probabilities, training only.
         resid_dropout_p: dropout after `wo` (LlamaGen's `resid_dropout`), training only.
         use_qk_norm: LayerNorm over Dh (affine, eps 1e-5: GigaTok's `--qk-norm` uses `nn.LayerNorm(head_dim)`,
@@ -54,42 +56,42 @@ class CausalSelfAttention(nn.Module):
         """Attend causally.
 
         Args:
-            x: (B, S, D) normalised hidden states.
-            rope: (S, Dh/2, 2) cos/sin rows for these positions, or None (no rotary embedding).
-            input_pos: (S,) int64 absolute positions; given = cached decoding (a cache must be attached).
-            mask: boolean (1 or B, 1, S, S_max), True = may attend; with `input_pos`, required unless `kv_len`.
-            kv_len: with `input_pos` and no mask: attend over cache slots [0, kv_len) only, causally when S > 1
-                (valid for one new token, or a prefill of slots 0..S-1).
+            x: (B, T, D) normalised hidden states.
+            rope: (T, Dh/2, 2) cos/sin rows for these positions, or None (no rotary embedding).
+            input_pos: (T,) int64 absolute positions; given = cached decoding (a cache must be attached).
+            mask: boolean (1 or B, 1, T, Tmax), True = may attend; with `input_pos`, required unless `kv_len`.
+            kv_len: with `input_pos` and no mask: attend over cache slots [0, kv_len) only, causally when T > 1
+                (valid for one new token, or a prefill of slots 0..T-1).
 
         Returns:
-            (B, S, D), same dtype as `x`.
+            (B, T, D), same dtype as `x`.
         """
         b, s, _ = x.shape
         kv_dim = self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([self.dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(b, s, self.n_head, self.head_dim)  # (B, S, D) -> (B, S, H, Dh)
-        k = k.view(b, s, self.n_kv_head, self.head_dim)  # (B, S, Hkv, Dh)
-        v = v.view(b, s, self.n_kv_head, self.head_dim)  # (B, S, Hkv, Dh)
+        q = q.view(b, s, self.n_head, self.head_dim)  # (B, T, D) -> (B, T, nh, Dh)
+        k = k.view(b, s, self.n_kv_head, self.head_dim)  # (B, T, nkv, Dh)
+        v = v.view(b, s, self.n_kv_head, self.head_dim)  # (B, T, nkv, Dh)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H or Hkv, S, Dh)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh or nkv, T, Dh)
 
         if input_pos is not None:
             if self.kv_cache is None or (mask is None and kv_len is None):
                 raise RuntimeError("cached attention needs an attached KV cache and a mask or kv_len (call "
                                    "setup_caches)")
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S_max, Dh)
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nkv, Tmax, Dh)
             if kv_len is not None:
-                k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # (B, Hkv, kv_len, Dh): the filled prefix
+                k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # (B, nkv, kv_len, Dh): the filled prefix
         if self.n_kv_head != self.n_head:
             # grouped-query attention: every key/value head serves n_head // n_kv_head consecutive query heads
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, S or S_max, Dh)
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, Tk, Dh)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         out = F.scaled_dot_product_attention(
             q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, is_causal=mask is None and s > 1,
             dropout_p=self.attn_dropout_p if self.training else 0.0,
-        )  # (B, H, S, Dh)
-        out = out.transpose(1, 2).contiguous().view(b, s, self.dim)  # (B, H, S, Dh) -> (B, S, D)
+        )  # (B, nh, T, Dh)
+        out = out.transpose(1, 2).contiguous().view(b, s, self.dim)  # (B, nh, T, Dh) -> (B, T, D)
         return self.resid_dropout(self.wo(out))

@@ -3,7 +3,8 @@
 Module and parameter names follow the official GigaTok blocks (`norm1`, `conv1`, `nin_shortcut`, `downsample.conv`,
 `upsample.conv1`, `gamma`, `beta`) so official checkpoints load strictly.
 
-Shape letters: B batch, C channels, H/W height/width, Cz channels of the style (decoder input) map.
+Shape letters: B batch; C channels; H, W height and width of an image or feature map; Cz z_channels. Here Cz is
+the channel count of the style map (the decoder input); C_in, C_out and C' are channel counts too.
 """
 from __future__ import annotations
 
@@ -57,18 +58,19 @@ class Downsample(nn.Module):
 
 
 def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
-    """DCR depth-to-space: input channel (i * block + j) * C + c goes to output channel c at sub-pixel (i, j).
+    """DCR depth-to-space: input channel (i * block + j) * C' + c goes to output channel c at sub-pixel (i, j).
 
-    This ordering differs from `F.pixel_shuffle` (CRD, channel c * block**2 + i * block + j); the official
-    decoder's `upsample.conv1` weights are laid out for DCR. The rearrangement runs on the channels-last view
-    (B, H, W, i, j, C) -> (B, H, i, W, j, C), so a channels-last input yields a channels-last output with one
-    copy of contiguous C-runs, instead of a strided NCHW copy the next convolution would have to undo.
+    Here C is the input's channel count and C' = C / block**2 the output's. This ordering differs from
+    `F.pixel_shuffle` (CRD, channel c * block**2 + i * block + j); the official decoder's `upsample.conv1` weights
+    are laid out for DCR. The rearrangement runs on the channels-last view (B, H, W, block, block, C') ->
+    (B, H, block, W, block, C') (axes y, x, i, j -> y, i, x, j), so a channels-last input yields a channels-last
+    output with one copy of contiguous C'-runs, instead of a strided NCHW copy the next convolution would have to undo.
     """
     b, c, h, w = x.shape
     c_out = c // block**2
-    x = x.permute(0, 2, 3, 1).reshape(b, h, w, block, block, c_out)  # (B, C, H, W) -> (B, H, W, i, j, C')
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, h * block, w * block, c_out)  # -> (B, H*2, W*2, C')
-    return x.permute(0, 3, 1, 2)  # (B, C', H*2, W*2) with channels-last strides
+    x = x.permute(0, 2, 3, 1).reshape(b, h, w, block, block, c_out)  # (B, C, H, W) -> (B, H, W, block, block, C')
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, h * block, w * block, c_out)  # -> (B, H*block, W*block, C')
+    return x.permute(0, 3, 1, 2)  # (B, C', H*block, W*block) with channels-last strides
 
 
 class D2SUpsampler(nn.Module):

@@ -5,7 +5,9 @@ without, so checkpoints never pick up cache entries. Fixed shapes keep decode st
 (gpt-fast style): each step writes its keys/values at `input_pos` and attends over the whole buffer, with
 the unwritten slots masked out by the caller.
 
-Shape letters: B batch rows, Hkv key/value heads, S_max cache length, S new positions, Dh head dim.
+Shape letters: Dh head dim; nkv key/value heads; T sequence positions (the GPT: class token + codes; attention:
+query positions); Tmax cache length; R decoding rows (2B with classifier-free guidance, else B). Here T counts the
+new positions of one write.
 """
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ from torch import nn
 
 
 class KVCache(nn.Module):
-    """Per-layer cache of shape (B_max, Hkv, S_max, Dh) for keys and values.
+    """Per-layer cache of shape (max_batch_size, nkv, Tmax, Dh) for keys and values.
 
     Args:
-        max_batch_size: B_max rows (2B when classifier-free guidance doubles the batch).
-        max_seq_length: S_max positions.
-        n_kv_head: Hkv (the official cache wrongly used n_head; we size it by the key/value heads).
+        max_batch_size: the most decoding rows R (2B when classifier-free guidance doubles the batch).
+        max_seq_length: Tmax positions.
+        n_kv_head: nkv (the official cache wrongly used n_head; we size it by the key/value heads).
         head_dim: Dh.
         dtype: cache dtype, normally the model's (e.g. bf16 for a bf16 model).
         device: where the buffers live.
@@ -37,10 +39,10 @@ class KVCache(nn.Module):
         return self.k_cache.shape[2]
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write `k`, `v` (B, Hkv, S, Dh) at positions `input_pos` (S,) int64; B <= B_max.
+        """Write `k`, `v` (R, nkv, T, Dh) at positions `input_pos` (T,) int64; R <= max_batch_size.
 
         Returns:
-            The first B rows of the full key and value buffers, each (B, Hkv, S_max, Dh).
+            The first R rows of the full key and value buffers, each (R, nkv, Tmax, Dh).
         """
         b = k.shape[0]
         # index_copy_ along the position axis is a plain strided copy (advanced-index assignment is ~10x slower

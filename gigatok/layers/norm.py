@@ -1,6 +1,6 @@
 """RMSNorm as in LlamaGen: statistics in float32, result cast back to the input dtype before the scale.
 
-Shape letters: ... any leading dims, D normalised (last) dim.
+Shape letters: D width. Here D is the normalised (last) dim and `...` any leading dims.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ contributes. LlamaGen and GigaTok weights were trained with this, so a faithful 
 Pairs are adjacent elements (2i, 2i+1) of a head vector (Llama / GPT-J "interleaved" convention), not the
 NeoX half-split.
 
-Shape letters: B batch, S sequence positions, H heads, Dh head dim, G grid side (tokens = G*G).
+Shape letters: B batch; G latent grid side (G*G 2D tokens); Dh head dim; nh query heads; nkv key/value heads;
+T sequence positions (the GPT: class token + codes; attention: query positions).
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def precompute_rope_1d(seq_len: int, head_dim: int, base: float = 10000.0, cls_t
     if head_dim % 2:
         raise ValueError(f"1D RoPE needs an even head dim, got {head_dim}")
     freqs = _inverse_frequencies(head_dim // 2, head_dim, base)  # (Dh/2,)
-    angles = torch.outer(torch.arange(seq_len, device="cpu"), freqs)  # (S, Dh/2)
-    table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)  # (S, Dh/2, 2)
+    angles = torch.outer(torch.arange(seq_len, device="cpu"), freqs)  # (seq_len, Dh/2)
+    table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)  # (seq_len, Dh/2, 2)
     return _with_class_rows(table, cls_token_num)
 
 
@@ -68,14 +69,15 @@ def precompute_rope_2d(grid_size: int, head_dim: int, base: float = 10000.0, cls
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of `x` (B, S, H, Dh) by `table` (S, Dh/2, 2); computed in float32.
+    """Rotate interleaved pairs of `x` (B, T, nh, Dh) by `table` (T, Dh/2, 2); computed in float32. Keys,
+    (B, T, nkv, Dh), work the same way.
 
     Returns:
-        (B, S, H, Dh) in `x`'s dtype.
+        (B, T, nh, Dh) in `x`'s dtype.
     """
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, S, H, Dh/2, 2)
-    rot = table.float().view(1, pairs.shape[1], 1, pairs.shape[3], 2)  # (1, S, 1, Dh/2, 2)
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, T, nh, Dh/2, 2)
+    rot = table.float().view(1, pairs.shape[1], 1, pairs.shape[3], 2)  # (1, T, 1, Dh/2, 2)
     cos, sin = rot[..., 0], rot[..., 1]
     x0, x1 = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)  # (B, S, H, Dh/2, 2)
-    return out.flatten(3).type_as(x)  # (B, S, H, Dh)
+    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)  # (B, T, nh, Dh/2, 2)
+    return out.flatten(3).type_as(x)  # (B, T, nh, Dh)

@@ -1,6 +1,7 @@
 """SwiGLU feed-forward block of Llama / LlamaGen: `w2(silu(w1 x) * w3 x)`, no biases.
 
-Shape letters: B batch, T tokens, D width, F hidden width.
+Shape letters: B batch; D width; F feed-forward hidden width; T sequence positions (the GPT: class token + codes;
+attention: query positions).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Evaluate a sample batch against a reference batch with the ADM protocol: IS, FID, sFID, precision, recall.
 
-    python -m gigatok.stages.evaluate REF.npz SAMPLE.npz [--inception-weights PATH] [--device auto|cpu|cuda]
+    gigatok evaluate REF.npz SAMPLE.npz [--inception-weights PATH] [--device auto|cpu|cuda]
         [--batch-size 64] [--purpose auto|generation|reconstruction] [--eval-python-path P] [--no-write]
 
 Both files are ADM batches: `arr_0` (N, H, W, 3) uint8 in [0, 255], NHWC (convert [-1, 1] images with

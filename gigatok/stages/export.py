@@ -1,7 +1,7 @@
 """Export a tokenizer or GPT checkpoint as weights-only safetensors plus its resolved config, for sharing.
 
-    python -m gigatok.stages.export --vq-ckpt VQ_SS256_e100.pt --model-config configs/vq/VQ_SS256.yaml --out-dir exports/SS256
-    python -m gigatok.stages.export --gpt-ckpt GPT_B256_e300_VQ_SS.pt --gpt-model GPT-B --out-dir exports/GPT-B_SS
+    gigatok export --vq-ckpt VQ_SS256_e100.pt --model-config configs/vq/VQ_SS256.yaml --out-dir exports/SS256
+    gigatok export --gpt-ckpt GPT_B256_e300_VQ_SS.pt --gpt-model GPT-B --out-dir exports/GPT-B_SS
 
 writes `model.safetensors` (no pickle, loads anywhere) and `config.yaml` (the resolved config). Load them back with
 `gigatok.builders.load_tokenizer("exports/SS256/model.safetensors", "exports/SS256/config.yaml")` or

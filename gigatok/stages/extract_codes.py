@@ -11,7 +11,7 @@ in `progress/`; a rerun with `--resume` skips every marked shard, with any numbe
 `--debug` also decodes the codes of the first images back to PNGs (`debug/`: the input views above their
 reconstructions) for a visual check.
 
-Run it with torchrun (scripts/extract_code_c2i.sh) or as one process (`python -m gigatok.stages.extract_codes ...`).
+Run it with torchrun (scripts/extract_code_c2i.sh) or as one process (`gigatok extract_codes ...`).
 """
 from __future__ import annotations
 

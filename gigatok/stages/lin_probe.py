@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from gigatok.builders import load_tokenizer
-from gigatok.engine.linear_probe import (
+from gigatok.engine.probe_run import (
     add_probe_arguments,
     run_probe,
     start_probe_stage,

@@ -29,7 +29,7 @@ from gigatok.builders import (
 )
 from gigatok.config import GPTModelConfig, GPTSampleConfig
 from gigatok.config.flags import add_config_flags, given_flags, resolve_config
-from gigatok.engine.linear_probe import (
+from gigatok.engine.probe_run import (
     add_probe_arguments,
     run_probe,
     start_probe_stage,

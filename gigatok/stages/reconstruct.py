@@ -317,15 +317,10 @@ def run_key(args: argparse.Namespace, num_images: int, lpips_kind: str | None) -
                        "precision": args.precision, "lpips": lpips_kind})
 
 
-def reconstruct_quantitative(args: argparse.Namespace) -> Path:
-    """Reconstruct a validation folder and score it: PSNR, SSIM, LPIPS, codebook usage, rFID/sFID/IS/P/R."""
-    # Check flags and external files before any expensive work.
-    config, out_dir = check_flags(args)
-    results_path = out_dir.with_name(f"{out_dir.name}_results.json")
-    if args.merge:
-        return merge_results(results_path)
+def check_quantitative_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    """The external files of a scoring run, checked before any expensive work: the rFID reference, the LPIPS-VGG
+    weights and the evaluator. Returns (the reference's `npz_info`, the LPIPS backbone "vgg16" | "random" | None)."""
     gt_info = check_reference(args)
-    gt_npz = Path(args.gt_npz_path)
     lpips_kind = None if args.no_lpips else "random" if random_backbone_requested() else "vgg16"
     if lpips_kind == "vgg16":
         try:
@@ -333,6 +328,18 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
         except LPIPSWeightsError as err:
             raise LPIPSWeightsError(f"{err} Or pass --no-lpips to evaluate without LPIPS (reported as null).") from None
     check_evaluator(args.eval_python_path, args.inception_weights)  # needed after the long part: check now
+    return gt_info, lpips_kind
+
+
+def reconstruct_quantitative(args: argparse.Namespace) -> Path:
+    """Reconstruct a validation folder and score it: PSNR, SSIM, LPIPS, codebook usage, rFID/sFID/IS/P/R."""
+    # Check flags and external files before any expensive work.
+    config, out_dir = check_flags(args)
+    results_path = out_dir.with_name(f"{out_dir.name}_results.json")
+    if args.merge:
+        return merge_results(results_path)
+    gt_info, lpips_kind = check_quantitative_inputs(args)
+    gt_npz = Path(args.gt_npz_path)
 
     # Setup distributed, logging, data and the records of an interrupted run (every rank reads all of them).
     dist_info, logger, autocast = setup_run(args, log_dir=out_dir)
@@ -374,8 +381,29 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
         tokenizer = load_tokenizer(args.vq_ckpt, config, device=device,
                                    interpolate_pos_embed=args.interpolate_pos_embed)
         lpips_model = LPIPS(random_backbone=lpips_kind == "random").to(device) if lpips_kind else None
+    score_shard(args, tokenizer, lpips_model, dataset, shard, records, records_path, out_dir, device, autocast)
 
-    # Reconstruct and score every image of the shard; save the PNGs, then the records that vouch for them.
+    # Reduce over ranks; rank 0 packs the npz and evaluates alone (a long evaluation must not hold the others in
+    # a collective with a timeout, so they are done here).
+    records.usage.reduce_across_ranks(device)
+    gathered = all_gather_objects(records.values)
+    if not is_main_process():
+        return out_dir
+    for values in gathered:
+        records.values.update(values)
+    write_quantitative_results(args, records, num_images=num_images, repack=bool(todo), out_dir=out_dir,
+                               recon_npz=recon_npz, results_path=results_path, lpips_kind=lpips_kind,
+                               device=device, logger=logger)
+    return out_dir
+
+
+def score_shard(args: argparse.Namespace, tokenizer: torch.nn.Module | None, lpips_model: LPIPS | None,
+                dataset: ImageFolderDataset, shard: list[int], records: ReconRecords, records_path: Path,
+                out_dir: Path, device: torch.device, autocast: contextlib.AbstractContextManager) -> None:
+    """Reconstruct and score this rank's images `shard` (dataset indices): save each PNG `{idx:06d}.png`, then add its
+    PSNR, SSIM (official and standard data range), LPIPS and codes to `records`, which are saved to `records_path`
+    every RECORDS_SAVE_SECONDS and at the end (a resumed run trusts only images whose records were saved).
+    `tokenizer` may be None only when `shard` is empty."""
     last_save = time.monotonic()
     for images, indices in tqdm(make_loader(dataset, shard, args, device) if shard else [],
                                 disable=not is_main_process(), desc="reconstruct"):
@@ -397,18 +425,22 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
             last_save = time.monotonic()
     records.save(records_path)
 
-    # Reduce over ranks; rank 0 packs the npz and evaluates alone (a long evaluation must not hold the others in
-    # a collective with a timeout, so they are done here).
-    records.usage.reduce_across_ranks(device)
-    gathered = all_gather_objects(records.values)
-    if not is_main_process():
-        return out_dir
-    for values in gathered:
-        records.values.update(values)
+
+def write_quantitative_results(args: argparse.Namespace, records: ReconRecords, *, num_images: int, repack: bool,
+                               out_dir: Path, recon_npz: Path, results_path: Path, lpips_kind: str | None,
+                               device: torch.device, logger: logging.Logger) -> None:
+    """Rank 0, with the records of every rank merged: pack the shuffled reconstruction npz (when images were
+    reconstructed now, `repack`, or the npz is missing or incomplete), run the evaluator against --gt-npz-path,
+    write `results_path` (.json and .txt), then with --clear-cache delete the images and npz files of this run.
+
+    Raises:
+        RuntimeError: the records do not cover all `num_images` images.
+    """
+    gt_npz = Path(args.gt_npz_path)
     summary = records.summary()
     if summary["num_images"] != num_images:
         raise RuntimeError(f"recorded {summary['num_images']} of {num_images} images")
-    if todo or not (recon_npz.is_file() and npz_info(recon_npz)["count"] == num_images):
+    if repack or not (recon_npz.is_file() and npz_info(recon_npz)["count"] == num_images):
         order = np.random.default_rng(args.global_seed).permutation(num_images)  # see the module docstring
         images_uint8 = read_png_images([out_dir / f"{i:06d}.png" for i in order],
                                        progress=tqdm(range(num_images), desc="pack npz"))
@@ -435,7 +467,6 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
     if args.clear_cache:
         removed = clear_cache(out_dir, [recon_npz], protect=[gt_npz])
         logger.info(f"--clear-cache: removed {len(removed)} entries (images, npz); kept the .txt/.json files")
-    return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,9 +25,11 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from gigatok.builders import check_gpt_flags, gpt_config_from
 from gigatok.config import GPTTrainConfig, to_dict, to_yaml
@@ -42,6 +44,7 @@ from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.engine.gpt_train import resolve_sizes, train_step
 from gigatok.errors import UserError
 from gigatok.gpt.model import GPT
+from gigatok.infra import states as st
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import init_distributed, setup_logging
 from gigatok.infra.ema import EMA
@@ -57,16 +60,6 @@ from gigatok.infra.run_dir import write_run_config
 from gigatok.infra.run_state import CheckpointManager, Retention, find_latest_checkpoint
 from gigatok.infra.runtime import build_loader, resolve_precision, seed_everything
 from gigatok.infra.schedules import build_lr_schedule, set_lr
-from gigatok.infra.states import (
-    ConstState,
-    EMAState,
-    ModelState,
-    ObjectState,
-    OptimizerState,
-    SamplerState,
-    ScalerState,
-    ValueState,
-)
 
 logger = logging.getLogger("gigatok")
 
@@ -114,6 +107,35 @@ class LoopState:
                                                                              "steps": 0})
 
 
+@dataclasses.dataclass
+class GPTParts:
+    """Everything one optimizer step touches."""
+
+    model: torch.nn.Module  # the (wrapped) GPT
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    guard: NonFiniteGuard
+    loop: LoopState
+    lr_at: Callable[[int], float]
+    amp_dtype: torch.dtype | None
+    device: torch.device
+
+
+@dataclasses.dataclass(frozen=True)
+class Phases:
+    """Where the steps of the run are logged and saved: the run folder, and with WSD the cool-down folder for the
+    steps after the hold."""
+
+    run_dir: Path
+    cd_dir: Path | None
+    hold: int | None
+    stop_step: int
+
+    def folder(self, step: int) -> Path:
+        return self.cd_dir if self.hold is not None and step > self.hold else self.run_dir
+
+
 def describe_run(config: GPTTrainConfig, derived: dict, dataset: CodeDataset, num_params: int,
                  device: torch.device, run_dir: Path) -> None:
     """Print every derived quantity of the run at startup."""
@@ -151,11 +173,13 @@ def train(config: GPTTrainConfig, run_dir: Path, device_name: str = "auto", repo
         logger.info("note: torch.compile is off on CPU by default (pass --compile to force it)")
 
     # -- Data: one random view per sample and epoch; the sampler resumes mid-epoch. The codes size the GPT.
-    dataset = CodeDataset(config.data.code_path, seed=t.global_seed, view="random", image_size=config.tokenizer.image_size)
+    dataset = CodeDataset(config.data.code_path, seed=t.global_seed, view="random",
+                          image_size=config.tokenizer.image_size)
     vocab_size, block_size, num_classes = resolve_sizes(config, dataset.meta)
     check_meta(dataset.meta, vocab_size, block_size)
-    config.model = dataclasses.replace(config.model, gpt_model=config.model.gpt_model or "GPT-B", vocab_size=vocab_size,
-                                       block_size=block_size, num_classes=num_classes)  # saved resolved
+    config.model = dataclasses.replace(config.model, gpt_model=config.model.gpt_model or "GPT-B",
+                                       vocab_size=vocab_size, block_size=block_size,
+                                       num_classes=num_classes)  # saved resolved
     warn_if_other_tokenizer(config, dataset.meta)
     accum = t.gradient_accumulation_steps
     micro_batch_size = t.global_batch_size // (world_size * accum)
@@ -194,15 +218,15 @@ def train(config: GPTTrainConfig, run_dir: Path, device_name: str = "auto", repo
     # -- Restore the newest checkpoint (for WSD: the cool-down folder first, then stable-phase ones <= hold); only a
     # clean restore may (re)write the run's config.yaml.
     guard, loop = NonFiniteGuard(), LoopState()
-    states = {"model": ModelState(model), "ema": EMAState(ema, model) if ema else None,
-              "optimizer": OptimizerState(optimizer, model), "scaler": ScalerState(scaler),
-              "data_state": SamplerState(sampler, steps_per_epoch),
-              "extra.gpt_config": ConstState(dataclasses.asdict(gpt_config)),
-              "extra.optimizer_format": ConstState(optimizer_format(model)),
-              "extra.data_parallel": ConstState(t.data_parallel), "extra.guard": ObjectState(guard),
-              "extra.log_sums": ValueState(lambda: dict(loop.log_sums), lambda value: setattr(loop, "log_sums",
+    entries = {"model": st.ModelState(model), "ema": st.EMAState(ema, model) if ema else None,
+              "optimizer": st.OptimizerState(optimizer, model), "scaler": st.ScalerState(scaler),
+              "data_state": st.SamplerState(sampler, steps_per_epoch),
+              "extra.gpt_config": st.ConstState(dataclasses.asdict(gpt_config)),
+              "extra.optimizer_format": st.ConstState(optimizer_format(model)),
+              "extra.data_parallel": st.ConstState(t.data_parallel), "extra.guard": st.ObjectState(guard),
+              "extra.log_sums": st.ValueState(lambda: dict(loop.log_sums), lambda value: setattr(loop, "log_sums",
                                                                                               dict(value)))}
-    manager = CheckpointManager(run_dir, {k: v for k, v in states.items() if v is not None}, to_dict(config),
+    manager = CheckpointManager(run_dir, {k: v for k, v in entries.items() if v is not None}, to_dict(config),
                                 Retention(t.keep_last, t.milestone_step, t.milestone_start, t.max_milestone_num))
     resume_path = (find_latest_checkpoint(cd_dir) if cd_dir is not None else None) or \
         find_latest_checkpoint(run_dir, max_step=hold)
@@ -218,12 +242,25 @@ def train(config: GPTTrainConfig, run_dir: Path, device_name: str = "auto", repo
                 f"training to step {stop_step}")
 
     # -- Train.
+    parts = GPTParts(model, optimizer, scaler, ema, guard, loop, lr_at, amp_dtype, device)
+    phases = Phases(run_dir, cd_dir, hold, stop_step)
+    step = train_loop(config, parts, manager, loader, sampler, dataset, phases, step)
+    logger.info(f"done at step {step}")
+    return run_dir
+
+
+def train_loop(config: GPTTrainConfig, parts: GPTParts, manager: CheckpointManager, loader: DataLoader,
+               sampler: ResumableDistributedSampler, dataset: CodeDataset, phases: Phases, step: int) -> int:
+    """Steps from `step` to the stop step: log every `log_every`, checkpoint every `ckpt_every` (and at the hold and
+    the end); returns the last step."""
+    t, p, m = config.trainer, parts, config.model
+    accum, micro_batch_size = t.gradient_accumulation_steps, loader.batch_size
     wandb_mode = "online" if t.wandb_project and t.wandb else "disabled"
     loggers: dict[Path, MetricsLogger] = {}
-    model.train()
+    p.model.train()
     data_iter, steps_left = None, 0
     timer, timed_steps = time.perf_counter(), 0
-    while step < stop_step:
+    while step < phases.stop_step:
         if data_iter is None:
             dataset.set_epoch(sampler.epoch)
             data_iter = iter(loader)
@@ -231,50 +268,49 @@ def train(config: GPTTrainConfig, run_dir: Path, device_name: str = "auto", repo
         batches = []
         for _ in range(accum):
             codes, labels = next(data_iter)  # (B, L) int64, (B,) int64
-            if int(codes.max()) >= vocab_size:
-                raise CodesError(f"the codes hold index {int(codes.max())} >= vocab_size {vocab_size}: they come "
+            if int(codes.max()) >= m.vocab_size:
+                raise CodesError(f"the codes hold index {int(codes.max())} >= vocab_size {m.vocab_size}: they come "
                                  "from another tokenizer (pass the matching --tok-config / --vocab-size)")
-            batches.append((codes.to(device, non_blocking=True), labels.to(device, non_blocking=True)))
+            batches.append((codes.to(p.device, non_blocking=True), labels.to(p.device, non_blocking=True)))
             sampler.advance(len(labels))
-        set_lr(optimizer, lr_at(step))
-        loss, grad_norm, skipped = train_step(model, batches, optimizer, scaler, amp_dtype, t.max_grad_norm, guard,
-                                              step)
-        if ema is not None and not skipped:
-            ema.update(model)
+        set_lr(p.optimizer, p.lr_at(step))
+        loss, grad_norm, skipped = train_step(p.model, batches, p.optimizer, p.scaler, p.amp_dtype, t.max_grad_norm,
+                                              p.guard, step)
+        if p.ema is not None and not skipped:
+            p.ema.update(p.model)
         step += 1
         steps_left -= 1
         if steps_left == 0:  # epoch done: move the sampler on now, so a checkpoint here resumes in the next one
             sampler.set_epoch(sampler.epoch + 1)
             data_iter = None
         if not skipped:
-            sums = loop.log_sums
-            loop.log_sums = {"loss": sums["loss"] + float(loss), "grad_norm": sums["grad_norm"] + float(grad_norm),
-                             "steps": sums["steps"] + 1}
+            sums = p.loop.log_sums
+            p.loop.log_sums = {"loss": sums["loss"] + float(loss), "grad_norm": sums["grad_norm"] + float(grad_norm),
+                               "steps": sums["steps"] + 1}
         timed_steps += 1
-        log_dir = cd_dir if hold is not None and step > hold else run_dir
+        log_dir = phases.folder(step)
 
-        if step % t.log_every == 0 or step == stop_step:
+        if step % t.log_every == 0 or step == phases.stop_step:
             elapsed = time.perf_counter() - timer
-            n = max(loop.log_sums["steps"], 1)
-            metrics = reduce_metrics({"train/loss": loop.log_sums["loss"] / n,
-                                      "train/grad_norm": loop.log_sums["grad_norm"] / n})
-            metrics.update({"train/lr": optimizer.param_groups[0]["lr"], "train/epoch": sampler.epoch,
+            n = max(p.loop.log_sums["steps"], 1)
+            metrics = reduce_metrics({"train/loss": p.loop.log_sums["loss"] / n,
+                                      "train/grad_norm": p.loop.log_sums["grad_norm"] / n})
+            metrics.update({"train/lr": p.optimizer.param_groups[0]["lr"], "train/epoch": sampler.epoch,
                             "train/steps_per_s": timed_steps / elapsed,
-                            "train/tokens_per_s": timed_steps * t.global_batch_size * block_size / elapsed,
-                            "train/skipped_steps": guard.num_skipped})
+                            "train/tokens_per_s": timed_steps * t.global_batch_size * m.block_size / elapsed,
+                            "train/skipped_steps": p.guard.num_skipped})
             if log_dir not in loggers:
                 loggers[log_dir] = MetricsLogger(log_dir, wandb_mode=wandb_mode, wandb_project=t.wandb_project
-                                                 or "gigatok", wandb_name=run_dir.name, config=to_dict(config))
+                                                 or "gigatok", wandb_name=phases.run_dir.name, config=to_dict(config))
             loggers[log_dir].log(step, metrics)
-            loop.log_sums = {"loss": 0.0, "grad_norm": 0.0, "steps": 0}
+            p.loop.log_sums = {"loss": 0.0, "grad_norm": 0.0, "steps": 0}
             timer, timed_steps = time.perf_counter(), 0
 
-        if step % t.ckpt_every == 0 or step == stop_step or step == hold:
+        if step % t.ckpt_every == 0 or step == phases.stop_step or step == phases.hold:
             manager.save(step, log_dir)
     for metrics_logger in loggers.values():
         metrics_logger.close()
-    logger.info(f"done at step {step}")
-    return run_dir
+    return step
 
 
 def warn_if_other_tokenizer(config: GPTTrainConfig, meta: dict) -> None:

@@ -1,7 +1,7 @@
 """Train a GigaTok tokenizer (official `vq_train.py`, DDP, and `vq_train_fsdp.py`, FSDP).
 
 Run it with torchrun (scripts/train_vq.sh, scripts/train_vq_fsdp.sh) or as a single process
-(`python -m gigatok.stages.train_vq ...`). The run directory is `<--save-path>/<--sub-exp-dir>/`:
+(`gigatok train_vq ...`). The run directory is `<--save-path>/<--sub-exp-dir>/`:
   config.yaml                  the resolved config (YAML < official flags < --section.key=value overrides)
   checkpoints/{step:07d}.pt    self-describing, atomic checkpoints (official entries + EMA, scalers, RNG, data state)
   metrics.jsonl, log.txt       every `log_every` steps: all loss terms, codebook usage, grad norms, lr, throughput
@@ -45,6 +45,7 @@ from gigatok.engine.vq_train import (
     train_step,
 )
 from gigatok.errors import UserError
+from gigatok.infra import states as st
 from gigatok.infra.cli import run_stage
 from gigatok.infra.codebook_stats import CodebookUsageTracker
 from gigatok.infra.dist import (
@@ -80,16 +81,6 @@ from gigatok.infra.run_state import (
 )
 from gigatok.infra.runtime import build_loader, resolve_precision, seed_everything
 from gigatok.infra.schedules import SCHEDULES, build_lr_schedule
-from gigatok.infra.states import (
-    ConstState,
-    EMAState,
-    ModelState,
-    ObjectState,
-    OptimizerState,
-    SamplerState,
-    ScalerState,
-    ValueState,
-)
 from gigatok.tokenizer.losses import TokenizerLoss
 
 logger = logging.getLogger("gigatok")
@@ -321,23 +312,23 @@ def checkpoint_manager(config: VQConfig, run_dir: Path, parts: StepParts, sample
     def set_corrupt(total: int) -> None:  # the saved total lives on rank 0
         counters.corrupt_local = int(total) if is_main_process() else 0
 
-    states = {
-        "model": ModelState(parts.model), "ema": EMAState(parts.ema, parts.model) if parts.ema else None,
-        "discriminator": ModelState(loss.discriminator, "discriminator", required=False),
-        "optimizer": OptimizerState(parts.optimizer, parts.model),
-        "optimizer_disc": OptimizerState(parts.optimizer_disc, loss.discriminator, "optimizer_disc"),
-        "scaler": ScalerState(parts.scaler), "scaler_disc": ScalerState(parts.scaler_disc, "scaler_disc"),
-        "data_state": SamplerState(sampler, steps_per_epoch),
-        "extra.optimizer_format": ConstState(optimizer_format(parts.model)),
-        "extra.guard": ObjectState(parts.guard), "extra.guard_disc": ObjectState(parts.guard_disc),
-        "extra.codebook_stats": ObjectState(parts.tracker),
-        "extra.corrupt_images": ValueState(lambda: round(reduce_metrics({"c": counters.corrupt_local})["c"]
-                                                         * get_world_size()), set_corrupt),
-        "extra.lecam": ValueState(lambda: [loss.lecam_ema_real.detach().cpu(), loss.lecam_ema_fake.detach().cpu()],
-                                  set_lecam),
+    entries = {
+        "model": st.ModelState(parts.model), "ema": st.EMAState(parts.ema, parts.model) if parts.ema else None,
+        "discriminator": st.ModelState(loss.discriminator, "discriminator", required=False),
+        "optimizer": st.OptimizerState(parts.optimizer, parts.model),
+        "optimizer_disc": st.OptimizerState(parts.optimizer_disc, loss.discriminator, "optimizer_disc"),
+        "scaler": st.ScalerState(parts.scaler), "scaler_disc": st.ScalerState(parts.scaler_disc, "scaler_disc"),
+        "data_state": st.SamplerState(sampler, steps_per_epoch),
+        "extra.optimizer_format": st.ConstState(optimizer_format(parts.model)),
+        "extra.guard": st.ObjectState(parts.guard), "extra.guard_disc": st.ObjectState(parts.guard_disc),
+        "extra.codebook_stats": st.ObjectState(parts.tracker),
+        "extra.corrupt_images": st.ValueState(lambda: round(reduce_metrics({"c": counters.corrupt_local})["c"]
+                                                            * get_world_size()), set_corrupt),
+        "extra.lecam": st.ValueState(lambda: [loss.lecam_ema_real.detach().cpu(), loss.lecam_ema_fake.detach().cpu()],
+                                     set_lecam),
     }
     retention = Retention(t.keep_last, t.milestone_step, t.milestone_start, t.max_milestone_num)
-    return CheckpointManager(run_dir, {k: v for k, v in states.items() if v is not None}, to_dict(config), retention)
+    return CheckpointManager(run_dir, {k: v for k, v in entries.items() if v is not None}, to_dict(config), retention)
 
 
 def build_tokenizer_and_loss(config: VQConfig, device: torch.device) -> tuple[nn.Module, TokenizerLoss]:

@@ -10,7 +10,7 @@ reconstructions with this reference as SETS, so the two files need not be in the
 statistics are stored: the evaluator computes them from arr_0 (as the official TF evaluator does for this file).
 
 The build runs once: with a complete npz in place a re-run does nothing; an interrupted run keeps the PNGs it
-already wrote. Run it with torchrun (scripts/val.sh) or as a single process (`python -m gigatok.stages.val_reference`);
+already wrote. Run it with torchrun (scripts/val.sh) or as a single process (`gigatok val_reference`);
 each rank crops a strided shard of the images, rank 0 packs the npz.
 """
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Keys follow the official `Encoder`/`Decoder` (`conv_in`, `conv_blocks.{i}.res.{j}`, `conv_blocks.{i}.downsample`,
 `conv_blocks.{i}.upsample`, `mid.{j}`, `adaptive.{i}`, `norm_out`, `conv_out`).
 
-Shape letters: B batch, C channels, H/W spatial size, Cz = z_channels, f = 2**(levels-1) downsampling factor.
+Shape letters: B batch; C channels; H, W height and width of an image or feature map; f CNN downsampling factor;
+Cz z_channels. Here f = 2**(len(ch_mult) - 1); for the tokenizer's square images H/f = W/f = G, the latent grid side.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(B, Cz, h, w) -> (B, 3, h*f, w*f), not clamped.
+    """(B, Cz, H, W) -> (B, 3, H*f, W*f), not clamped.
 
     Args:
         adaptive_gn: modulate each up-level's input with AdaptiveGroupNorm conditioned on the decoder input.

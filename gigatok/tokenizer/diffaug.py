@@ -11,7 +11,7 @@ Every operation is a gather or an affine map of the input, so gradients flow to 
 Randomness: all draws are made on the CPU (from `generator` when given, else the global CPU RNG) and then moved to
 the images' device, so a seeded generator gives the same augmentation on any device.
 
-Shape letters: B batch, C channels, H/W image size.
+Shape letters: B batch; C channels; H, W height and width of an image or feature map.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class DiffAug:
 
 
 def _grids(b: int, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Three (B, h, w) int64 index grids over batch, rows and columns."""
+    """Three int64 index grids of shape (`b`, `h`, `w`), the arguments, over batch, rows and columns."""
     return torch.meshgrid(
         torch.arange(b, device=device), torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
     )

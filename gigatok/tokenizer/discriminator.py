@@ -4,7 +4,8 @@ State_dict keys are the official ones (`main.0` ... `main.{3*n_layers+2}`), so t
 official training checkpoint loads strictly. With the released settings (ndf 64, 3 layers, kernel 4) the network
 has 2,765,633 parameters and maps a 256 x 256 image to a 30 x 30 grid of logits.
 
-Shape letters: B batch, C channels, H/W spatial size.
+Shape letters: B batch; C channels; H, W height and width of an image or feature map. H', W' are the output
+grid's height and width.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Architecture (official `DinoDisc(norm_type="bn")`, from VAR/ImageFolder):
 - input: images in [-1, 1] -> ImageNet-normalised; 224 x 224 input is used as is; larger images are randomly
   cropped to 224 with probability 0.5, else area-resized; smaller ones are bicubically resized.
 - taps: the tokens after patch embedding + positional embedding, and after blocks 2, 5, 8 and 11; each tap is
-  read out as patch tokens + cls token, (B, 384, 196).
+  read out as patch tokens + cls token, (B, 384, 196) = (B, D, P).
 - heads, one per tap: [SN-Conv1d k1 + BatchNormLocal + LeakyReLU(0.2)] -> residual [SN-Conv1d k9 circular +
   BatchNormLocal + LeakyReLU(0.2)] scaled by 1/sqrt(2) -> SN-Conv1d 384 -> 1. SN = spectral norm (one power
   iteration). Output: the five (B, 196) logit maps concatenated, (B, 980).
@@ -18,7 +18,8 @@ Backbone weights (nothing is downloaded here), first found wins:
 3. the Hugging Face cache: timm's `timm/vit_small_patch16_224.dino` (`model.safetensors`), offline lookup only.
 `random_init=True` builds a randomly initialised backbone instead (tests only; logged loudly).
 
-Shape letters: B batch, H/W image size, D = 384 backbone width, N = 196 patch tokens.
+Shape letters: B batch; H, W height and width of an image or feature map; D width; P patch tokens of a ViT. Here
+D = 384 (the backbone width) and P = 196 (14 x 14 patches of the 224 px input).
 """
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ def create_vit(arch: str, random_init: bool, **kwargs) -> nn.Module:
 
 
 class FrozenDinoBackbone(nn.Module):
-    """Frozen DINO ViT-S/16 returning the five tapped activations, each (B, D, N) float32.
+    """Frozen DINO ViT-S/16 returning the five tapped activations, each (B, D, P) float32.
 
     Args:
         weights_path: explicit weights file (see module docstring for the lookup order).
@@ -183,18 +184,18 @@ class FrozenDinoBackbone(nn.Module):
         return F.interpolate(x, size=(IMG_SIZE, IMG_SIZE), mode="area" if h > IMG_SIZE else "bicubic")
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) in [-1, 1] -> five (B, D, N) float32 activations (cls token added to every patch token)."""
+        """(B, 3, H, W) in [-1, 1] -> five (B, D, P) float32 activations (cls token added to every patch token)."""
         device_type = images.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             x = self._resize(images.float() * self.x_scale + self.x_shift)  # (B, 3, 224, 224)
-        x = self.vit.patch_embed(x)  # (B, N, D), under the caller's autocast
+        x = self.vit.patch_embed(x)  # (B, P, D), under the caller's autocast
         with torch.autocast(device_type=device_type, enabled=False):
             x = torch.cat([self.vit.cls_token.expand(x.shape[0], -1, -1), x.float()], dim=1) + self.vit.pos_embed
-            activations = [(x[:, 1:] + x[:, :1]).transpose(1, 2)]  # (B, 1+N, D) -> (B, D, N)
+            activations = [(x[:, 1:] + x[:, :1]).transpose(1, 2)]  # (B, 1+P, D) -> (B, D, P)
         for i, block in enumerate(self.vit.blocks):
             x = block(x)
             if i in KEY_DEPTHS:
-                activations.append((x[:, 1:].float() + x[:, :1].float()).transpose(1, 2))  # (B, D, N)
+                activations.append((x[:, 1:].float() + x[:, :1].float()).transpose(1, 2))  # (B, D, P)
             if i >= KEY_DEPTHS[-1]:
                 break  # later blocks (none for ViT-S) and the final norm are unused
         return activations
@@ -203,7 +204,7 @@ class FrozenDinoBackbone(nn.Module):
 class BatchNormLocal(nn.Module):
     """Batch norm over "virtual batches": statistics per group of about `virtual_bs` images (no running stats).
 
-    Input (B, D, N) is split into G = ceil(B / virtual_bs) groups along the batch; each group is normalised with its
+    Input (B, D, P) is split into ceil(B / virtual_bs) groups along the batch; each group is normalised with its
     own per-channel mean and (biased) variance over images and tokens, in float32.
     """
 
@@ -215,11 +216,11 @@ class BatchNormLocal(nn.Module):
             self.bias = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, N) any float dtype -> (B, D, N) float32."""
+        """(B, D, P) any float dtype -> (B, D, P) float32."""
         groups = math.ceil(x.shape[0] / self.virtual_bs)
-        # tensor_split equals the official view(G, -1, D, N) when B % G == 0 and also handles the other batch sizes.
+        # tensor_split equals the official view(groups, -1, D, P) when B % groups == 0 and handles other batch sizes.
         out = []
-        for chunk in torch.tensor_split(x.float(), groups, dim=0):  # each (b_g, D, N)
+        for chunk in torch.tensor_split(x.float(), groups, dim=0):  # each (about B / groups, D, P)
             mean = chunk.mean(dim=(0, 2), keepdim=True)  # (1, D, 1)
             var = chunk.var(dim=(0, 2), keepdim=True, unbiased=False)
             out.append((chunk - mean) / torch.sqrt(var + self.eps))
@@ -249,7 +250,7 @@ def spectral_conv1d(in_channels: int, out_channels: int, kernel_size: int, paddi
 
 
 def _head_block(channels: int, kernel_size: int, eps: float) -> nn.Sequential:
-    """SN-Conv1d (circular padding keeps N) + BatchNormLocal + LeakyReLU(0.2); keys `0.*`, `1.*`."""
+    """SN-Conv1d (circular padding keeps P) + BatchNormLocal + LeakyReLU(0.2); keys `0.*`, `1.*`."""
     return nn.Sequential(
         spectral_conv1d(channels, channels, kernel_size, padding=kernel_size // 2, padding_mode="circular"),
         BatchNormLocal(channels, eps=eps),
@@ -294,4 +295,4 @@ class DinoDisc(nn.Module):
         """(B, 3, H, W) in [-1, 1] -> (B, 980) logits; gradients flow to `images` and the heads."""
         activations = self.backbone(images.device)(images)
         b = images.shape[0]
-        return torch.cat([head(act).view(b, -1) for head, act in zip(self.heads, activations)], dim=1)  # 5 x (B, N)
+        return torch.cat([head(act).view(b, -1) for head, act in zip(self.heads, activations)], dim=1)  # 5 x (B, P)

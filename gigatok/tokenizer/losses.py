@@ -18,7 +18,9 @@ Precision: the semantic loss, the GAN losses and the pixel reconstruction losses
 autocast disabled; quantizer losses arrive in float32 from the quantizer. Half-precision norms of 768-d features
 overflow (official GigaTok issue #6: NaN semantic loss under fp16).
 
-Shape letters: B batch, H/W image size, L student tokens, D feature width.
+Shape letters: B batch; H, W height and width of an image or feature map; G latent grid side (G*G 2D tokens);
+Dt teacher width. The student (distill-MLP) features and the teacher tokens are both (B, G*G, Dt). In the formulas
+above, L is a loss, D the discriminator and G_adv the generator's adversarial loss, not shape letters.
 """
 from __future__ import annotations
 
@@ -89,8 +91,8 @@ def semantic_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Negative mean per-token cosine similarity, in float32 whatever the autocast state.
 
     Args:
-        student: (B, L, D) distill-MLP features, any float dtype.
-        teacher: (B, L, D) teacher patch tokens, any float dtype.
+        student: (B, G*G, Dt) distill-MLP features, any float dtype.
+        teacher: (B, G*G, Dt) teacher patch tokens, any float dtype.
 
     Returns:
         float32 scalar in [-1, 1]; -1 means perfectly aligned.
@@ -102,7 +104,7 @@ def semantic_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     with torch.autocast(device_type=student.device.type, enabled=False):
         s = F.normalize(student.float(), dim=-1)  # fp16 squares of ~300-magnitude features would overflow
         t = F.normalize(teacher.float(), dim=-1)
-        return -(s * t).sum(dim=-1).mean()  # (B, L) cosines -> scalar; equals the official per-image loop
+        return -(s * t).sum(dim=-1).mean()  # (B, G*G) cosines -> scalar; equals the official per-image loop
 
 
 def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
@@ -134,7 +136,7 @@ class TokenizerLoss(nn.Module):
             passed as `teacher`.
         teacher_grid_size: the tokenizer's latent grid side G (`tokenizer.grid_size`; 16 for 256 px); the teacher
             yields G*G tokens to match the distill features.
-        teacher: a prebuilt teacher (any module mapping images to (B, G*G, D) float features).
+        teacher: a prebuilt teacher (any module mapping images to (B, G*G, Dt) float features).
         teacher_weights / teacher_random_init: weights file / random test mode of the built teacher.
         lpips_random_backbone: random VGG for LPIPS (tests only; also enabled by GIGATOK_LPIPS_RANDOM_BACKBONE=1).
         vgg_path / lin_path: LPIPS weight files (defaults: torch-hub cache / the lpips package).
@@ -235,7 +237,7 @@ class TokenizerLoss(nn.Module):
             out: training output of the tokenizer, called with `rec_loss=self.aux_active(step)` and
                 `ret_inner_feat=True` when distilling.
             step: 1-indexed global step (the first optimiser step is 1).
-            teacher_feats: (B, L, D) precomputed teacher tokens; default: computed by the held teacher.
+            teacher_feats: (B, G*G, Dt) precomputed teacher tokens; default: computed by the held teacher.
             last_layer: weight of the decoder's last layer; required with `disc_adaptive_weight`.
 
         Returns:

@@ -11,7 +11,8 @@ Weights, both loaded from local files (nothing is downloaded here):
 - lin layers: the `lpips` package's bundled `weights/v0.1/vgg.pth` (keys `lin{k}.model.1.weight`); the official
   GigaTok `cache/vgg.pth` is the same file and can be passed as `lin_path`.
 
-Letters: B batch, C channels, H/W spatial size.
+Shape letters: B batch; C channels; H, W height and width of an image or feature map. C_l, H_l, W_l are those of
+VGG tap l.
 """
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ are initialised by multi-level average pooling of the embedded 2D map (coarse to
 as copies of the first latent token. Its layer `distill_depth` feeds the distill MLP (semantic regularisation).
 `ViTEncoder2D` / `ViTDecoder2D` (`s2dencoder.` / `s2ddecoder.`): the 2D-token variant.
 
-Shape letters: B batch, Cz z_channels, G grid side (image_size / f), N = G*G 2D tokens, L latent tokens,
-D transformer width, Do distill output dim.
+Shape letters: B batch; f CNN downsampling factor; G latent grid side (G*G 2D tokens); L latent tokens = codes per
+image (1D tokenizer: num_latent_tokens; 2D: G*G); Cz z_channels; D width; Dt teacher width. Here G = image_size / f,
+D is the transformer width and Dt the distill MLP's output width (the teacher's).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def multi_level_queries(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 
 def make_distill_mlp(width: int, out_dim: int, distill_depth: int, num_layers: int) -> nn.Sequential:
-    """REPA-style projector from decoder states (D) to the teacher's features (Do): Linear-SiLU-Linear-SiLU-Linear
+    """REPA-style projector from decoder states (D) to the teacher's features (Dt): Linear-SiLU-Linear-SiLU-Linear
     with hidden width 4D (keys `distill_mlp.{0,2,4}`)."""
     if not 1 <= distill_depth <= num_layers:
         raise ValueError(f"distill_depth {distill_depth} must be in 1..{num_layers} (decoder layers)")
@@ -95,7 +96,7 @@ class QFormerEncoder(nn.Module):
     def forward(self, s: torch.Tensor, return_feat: bool = False) -> torch.Tensor:
         """s (B, Cz, G, G) -> (B, Cz, 1, L); with `return_feat`, the pre-`conv_out` features (B, D, 1, L)."""
         b = s.shape[0]
-        x = self.encoder_embed(self.ln_pre(s.flatten(2).transpose(1, 2)))  # (B, Cz, G, G) -> (B, N, D)
+        x = self.encoder_embed(self.ln_pre(s.flatten(2).transpose(1, 2)))  # (B, Cz, G, G) -> (B, G*G, D)
         if self.query_init == "multi_level":
             grid = x.transpose(1, 2).reshape(b, self.width, self.grid_size, self.grid_size)  # -> (B, D, G, G)
             queries = self.global_proj(multi_level_queries(grid, self.num_latent_tokens))  # (B, L, D)
@@ -103,7 +104,7 @@ class QFormerEncoder(nn.Module):
             queries = _tokens(self.query_1d).expand(b, -1, -1).to(x.dtype)
         else:
             queries = self.global_proj(x.mean(dim=1, keepdim=True)).expand(-1, self.num_latent_tokens, -1)
-        pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, N, D)
+        pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, G*G, D)
         query_pos = _tokens(self.latent_token_positional_embedding).to(x.dtype)  # (1, L, D)
         memory_with_pos = x + pos  # identical for every layer: computed once
         for layer in self.transformer:
@@ -117,7 +118,7 @@ class QFormerDecoder(nn.Module):
 
     Args:
         distill_depth: 1-indexed layer whose output feeds `distill_mlp` (None: no MLP).
-        out_inner_dim: Do, the teacher's feature width.
+        out_inner_dim: Dt, the teacher's feature width.
         query_init: "first_token" (released configs) or "learnable" (`q_2d`).
     """
 
@@ -142,9 +143,9 @@ class QFormerDecoder(nn.Module):
 
     def forward(self, quant: torch.Tensor, ret_inner_feat: bool = False,
                 return_feat: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """quant (B, Cz, 1, L) -> (rec_spatial (B, Cz, G, G), inner (B, N, Do) or None).
+        """quant (B, Cz, 1, L) -> (rec_spatial (B, Cz, G, G), inner (B, G*G, Dt) or None).
 
-        With `return_feat`, stops after layer `distill_depth` and returns (None, raw states (B, N, D)).
+        With `return_feat`, stops after layer `distill_depth` and returns (None, raw states (B, G*G, D)).
         """
         b, c, h, w = quant.shape
         x = self.decoder_embed(self.ln_pre(quant.reshape(b, c * h, w).transpose(1, 2)))  # -> (B, L, D)
@@ -152,8 +153,8 @@ class QFormerDecoder(nn.Module):
         if self.query_init == "learnable":
             queries = _tokens(self.q_2d).expand(b, -1, -1).to(x.dtype)
         else:
-            queries = x[:, :1].expand(-1, n, -1)  # (B, 1, D) -> (B, N, D)
-        query_pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, N, D)
+            queries = x[:, :1].expand(-1, n, -1)  # (B, 1, D) -> (B, G*G, D)
+        query_pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, G*G, D)
         pos = _tokens(self.latent_token_positional_embedding)[:, :w].to(x.dtype)  # (1, L, D)
         memory_with_pos = x + pos
         inner = None
@@ -196,8 +197,8 @@ class ViTEncoder2D(nn.Module):
 
     def _run_layers(self, x: torch.Tensor, keep: int | None = None,
                     stop_at_keep: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run the layers on (B, N, D); also return the state after layer `keep` (1-indexed)."""
-        pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, N, D)
+        """Run the layers on (B, G*G, D); also return the state after layer `keep` (1-indexed)."""
+        pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, G*G, D)
         kept = None
         if self.layer_type == "TransformerLayer":
             x = x + pos
@@ -210,7 +211,7 @@ class ViTEncoder2D(nn.Module):
         return x, kept
 
     def _embed(self, z: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.embed_name)(self.ln_pre(z.flatten(2).transpose(1, 2)))  # (B, Cz, G, G) -> (B, N, D)
+        return getattr(self, self.embed_name)(self.ln_pre(z.flatten(2).transpose(1, 2)))  # (B, Cz, G, G) -> (B, G*G, D)
 
     def _unflatten(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -236,7 +237,7 @@ class ViTDecoder2D(ViTEncoder2D):
 
     def forward(self, quant: torch.Tensor, ret_inner_feat: bool = False,  # type: ignore[override]
                 return_feat: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """quant (B, Cz, G, G) -> (rec_spatial (B, Cz, G, G), inner (B, N, Do) or None); see QFormerDecoder."""
+        """quant (B, Cz, G, G) -> (rec_spatial (B, Cz, G, G), inner (B, G*G, Dt) or None); see QFormerDecoder."""
         x = self._embed(quant)
         if return_feat:
             return None, self._run_layers(x, keep=self.distill_depth, stop_at_keep=True)[1]

@@ -4,7 +4,10 @@ Matches the official `VectorQuantizer` (keys `quantize.embedding.weight`, `quant
 runs in fp32 with autocast disabled: argmin over 16k codes and the entropy softmax at temperature 0.01 are not
 safe in half precision.
 
-Shape letters: B batch, Dc code dim, H/W latent grid (H = 1 and W = L for 1D tokens), N = B*H*W rows, K codebook size.
+Shape letters: B batch; H, W height and width of an image or feature map; G latent grid side (G*G 2D tokens);
+L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook size (= GPT vocabulary);
+Dc code dim (codebook_embed_dim); N a flattened count, stated where used. Here H, W are those of the latent map
+(H = 1 and W = L for 1D tokens, H = W = G for 2D, so H*W = L) and N = B*H*W vectors.
 """
 from __future__ import annotations
 
@@ -114,7 +117,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def quantize_to_codes(self, z: torch.Tensor) -> torch.Tensor:
-        """Indices only: (B, Dc, H, W) -> (B, H*W) int64, b-major then raster (1D: token order)."""
+        """Indices only: (B, Dc, H, W) -> (B, H*W) = (B, L) int64, b-major then raster (1D: token order)."""
         b, _, h, w = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
             return self.distances(self._flatten(z), self.codebook()).argmin(dim=1).view(b, h * w)
@@ -126,7 +129,7 @@ class VectorQuantizer(nn.Module):
             quant: (B, Dc, H, W) float32; its value is the (normalised) codeword, its gradient that of the
                 rotation trick or the straight-through estimator.
             losses: `QuantizerLosses` (zeros in eval mode).
-            codes: (B, H*W) int64.
+            codes: (B, H*W) = (B, L) int64.
         """
         b, _, h, w = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):

@@ -15,7 +15,9 @@ Features: images in [-1, 1] -> (x + 1) / 2 -> ImageNet normalisation -> bicubic 
 final LayerNorm -> patch tokens (`x_norm_patchtokens`), (B, G * G, Dt) float32, raster order. G = 16 (224 px input)
 matches the 16 x 16 latent grid of the released 256 px tokenizers; tiny test configs use their own grid.
 
-Shape letters: B batch, H/W image size, G teacher token grid side, Dt teacher width.
+Shape letters: B batch; H, W height and width of an image or feature map; G latent grid side (G*G 2D tokens);
+P patch tokens of a ViT; Dt teacher width. The teacher's patch grid is sized to the tokenizer's latent grid, so
+P = G*G.
 """
 from __future__ import annotations
 

@@ -4,8 +4,12 @@
 `VQVitModel2DPlus` the 2D variant (G x G tokens in raster order); both keep the official class names, module names
 and state_dict keys, so official checkpoints load strictly.
 
-Shape letters: B batch, H/W image size, Cz z_channels, G latent grid side, L tokens per image (1D: num_latent_tokens,
-2D: G*G), Dc code dim, Do distill output dim.
+Shape letters: B batch; S image side (square images, H = W = S); f CNN downsampling factor; G latent grid side
+(G*G 2D tokens); L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook size
+(= GPT vocabulary); Dc code dim (codebook_embed_dim); Cz z_channels; D width; Dt teacher width.
+Here S = image_size = G*f, D is the token decoder's width and Dt the distill MLP's output width (the teacher's).
+Latent maps are (B, Dc, *latent_shape) or (B, Cz, *latent_shape), with `latent_shape` = (1, L) for the 1D
+tokenizer and (G, G) for the 2D one.
 """
 from __future__ import annotations
 
@@ -38,12 +42,12 @@ class TokenizerOutput:
     """Result of a training forward.
 
     Attributes:
-        recon: (B, 3, H, W) reconstruction, not clamped.
+        recon: (B, 3, S, S) reconstruction, not clamped.
         quant_losses: vq / commit / entropy losses and codebook usage of the quantizer.
-        codes: (B, L) int64.
-        recon_direct: (B, 3, H, W) CNN decoder applied to the CNN encoder output (auxiliary shortcut), or None.
+        codes: (B, L) int64 in [0, K).
+        recon_direct: (B, 3, S, S) CNN decoder applied to the CNN encoder output (auxiliary shortcut), or None.
         fea_rec_loss: weighted distance between the CNN encoder output and the Q-Former decoder output (0 if off).
-        inner_feat: (B, G*G, Do) distill-MLP features for semantic regularisation, or None.
+        inner_feat: (B, G*G, Dt) distill-MLP features for semantic regularisation, or None.
     """
 
     recon: torch.Tensor
@@ -126,7 +130,7 @@ class _HybridTokenizer(nn.Module):
 
     @property
     def latent_shape(self) -> tuple[int, int]:
-        """(h, w) of the quantized latent: (1, L) for 1D tokens, (G, G) for 2D."""
+        """(height, width) of the quantized latent map: (1, L) for 1D tokens, (G, G) for 2D."""
         raise NotImplementedError
 
     # -- public API -------------------------------------------------------------------------------------------------
@@ -137,32 +141,58 @@ class _HybridTokenizer(nn.Module):
         return h * w
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, QuantizerLosses, dict[str, torch.Tensor]]:
-        """Images (B, 3, H, W) in [-1, 1] -> (quant (B, Dc, h, w) float32, quantizer losses, info).
+        """Encode images to quantized latents, with the quantizer's losses (training and inspection).
 
-        `info` holds `codes` (B, L) int64, `enc_cnn` (B, Cz, G, G) and `pre_quant` (B, Dc, h, w).
+        Args:
+            images: (B, 3, S, S) float in [-1, 1], S = image_size.
+
+        Returns:
+            quant: (B, Dc, *latent_shape) float32, the codewords of `codes` (unit-norm Dc-vectors with
+                `codebook_l2_norm`, as in every released config); its gradient is the straight-through or
+                rotation-trick one.
+            losses: `QuantizerLosses` (float32 scalars; zeros in eval mode).
+            info: `codes` (B, L) int64 in [0, K), raster order for 2D; `enc_cnn` (B, Cz, G, G), the CNN encoder
+                output (unbounded, in the model's or autocast dtype); `pre_quant` (B, Dc, *latent_shape), the
+                quantizer input before its l2 normalisation (same dtype).
         """
-        s = self.encoder(images)
+        s = self.encoder(images)  # (B, 3, S, S) -> (B, Cz, G, G), G = S / f
+        # token_encoder: (B, Cz, G, G) -> (B, Cz, *latent_shape); quant_conv (1x1): -> (B, Dc, *latent_shape)
         h = self.quant_conv(self.token_encoder(s))
+        # quantize: (B, Dc, *latent_shape) -> flattened (B*L, Dc) -> nearest codewords, reshaped back to
+        # quant (B, Dc, *latent_shape); codes (B*L,) -> (B, L)
         quant, losses, codes = self.quantize(h)
         return quant, losses, {"codes": codes, "enc_cnn": s, "pre_quant": h}
 
     def decode_with_features(self, quant: torch.Tensor, ret_inner_feat: bool = False
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """quant (B, Dc, h, w) -> (pixels (B, 3, H, W), rec_spatial (B, Cz, G, G), inner (B, G*G, Do) or None)."""
+        """quant (B, Dc, *latent_shape) -> (pixels (B, 3, S, S), rec_spatial (B, Cz, G, G), inner (B, G*G, Dt) or
+        None)."""
         rec_spatial, inner = self.token_decoder(self.post_quant_conv(quant.to(self.post_quant_conv.weight.dtype)),
                                                 ret_inner_feat=ret_inner_feat)
         return self.decoder(rec_spatial), rec_spatial, inner
 
     def decode(self, quant: torch.Tensor) -> torch.Tensor:
-        """quant (B, Dc, h, w) -> pixels (B, 3, H, W), roughly in [-1, 1] but not clamped."""
+        """quant (B, Dc, *latent_shape) -> pixels (B, 3, S, S), roughly in [-1, 1] but not clamped."""
         return self.decode_with_features(quant)[0]
 
     def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes (B, L) or (B*L,) int64 -> pixels (B, 3, H, W), decoded from the exact normalised codewords."""
+        """Codes (B, L) or (B*L,) int64 -> pixels (B, 3, S, S), decoded from the exact normalised codewords."""
         return self.decode(self.quantize.lookup(codes, self.latent_shape))
 
     def encode_to_codes(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in [-1, 1] -> codes (B, L) int64 (no losses, no rotation: inference only)."""
+        """Encode images to codes only (no losses, no rotation: inference only).
+
+        Args:
+            images: (B, 3, S, S) float in [-1, 1], S = image_size.
+
+        Returns:
+            (B, L) int64 codes in [0, K): for the 1D tokenizer in Q-Former query order (coarse to fine with the
+            released multi-level query init), for the 2D one in raster order over the G x G grid. The same codes as
+            `encode(images)[2]["codes"]` in eval mode.
+        """
+        # encoder: (B, 3, S, S) -> (B, Cz, G, G); token_encoder: -> (B, Cz, *latent_shape);
+        # quant_conv (1x1): -> (B, Dc, *latent_shape); quantize_to_codes: permute + flatten to (B*L, Dc),
+        # argmin over the K codewords -> (B*L,), view -> (B, L)
         return self.quantize.quantize_to_codes(self.quant_conv(self.token_encoder(self.encoder(images))))
 
     def decoder_features(self, codes: torch.Tensor) -> torch.Tensor:
@@ -174,7 +204,7 @@ class _HybridTokenizer(nn.Module):
         """Training forward.
 
         Args:
-            images: (B, 3, H, W) in [-1, 1].
+            images: (B, 3, S, S) in [-1, 1].
             rec_loss: also compute the auxiliary shortcut outputs (`recon_direct`, `fea_rec_loss`), as the official
                 trainer does until `aux_loss_end`.
             ret_inner_feat: also return the distill-MLP features for semantic regularisation.

@@ -10,15 +10,21 @@ every image and its mirror image (official `extract_codes_c2i.py` views) and the
 half of its samples are mirrored digits, which a flip-sensitive judge would reject for reasons that have nothing
 to do with the class. The judge is therefore trained to name a digit whichever way round it is drawn.
 
-Does not import any gigatok model (eval/ rule): only torch and numpy.
+A model and its training loop, hence engine/ (eval/ holds metrics only). Imports no tokenizer or GPT: only torch,
+numpy, the demo's image folders and the atomic writer.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+from gigatok.data.demo_data import read_image_folder
+from gigatok.infra.io import write_json_atomic
 
 MAX_SHIFT = 2  # pixels, at 32 px
 
@@ -138,3 +144,19 @@ def per_class_accuracy(model: DigitClassifier, images_uint8: np.ndarray, labels:
     """Accuracy within each class (None for a class with no images)."""
     hit = predict_digits(model, images_uint8) == np.asarray(labels)
     return [float(hit[labels == c].mean()) if np.any(labels == c) else None for c in range(num_classes)]
+
+
+def train_and_save(train_dir: Path, heldout_dir: Path, out: Path, *, epochs: int, seed: int) -> None:
+    """Train the class-agreement judge on the real training digits (ImageFolder `train_dir`); save its weights
+    (`out/classifier.pt`) and record its accuracy on the held-out digits, as drawn and mirrored
+    (`out/classifier.json`)."""
+    train_images, train_labels, _ = read_image_folder(train_dir)
+    heldout_images, heldout_labels, _ = read_image_folder(heldout_dir)
+    model = train_digit_classifier(train_images, train_labels, epochs=epochs, seed=seed, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "classifier.pt")
+    write_json_atomic(out / "classifier.json", {
+        "heldout_accuracy": accuracy(model, heldout_images, heldout_labels),
+        "heldout_accuracy_mirrored": accuracy(model, heldout_images[:, :, ::-1].copy(), heldout_labels),
+        "per_class": per_class_accuracy(model, heldout_images, heldout_labels),
+        "epochs": epochs, "seed": seed, "image_size": int(train_images.shape[1])})
