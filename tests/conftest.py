@@ -1,12 +1,18 @@
 """Shared test fixtures: tiny configs, procedural weights and the official parity vectors in tests/assets."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Idle OpenMP threads sleep instead of spinning. The suite runs two pytest-xdist workers on two cores, and several
+# tests start torchrun ranks beside them: spinning threads of one process then steal the cores the others compute
+# on (a 20 s training test took over 2 minutes). Set before torch starts its thread pool; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -14,7 +20,17 @@ sys.path.insert(0, str(ASSETS))  # procedural.py
 
 from procedural import procedural_state_dict  # noqa: E402
 
-torch.set_num_threads(2)
+# Under pytest-xdist (.ci/run: -n 2 on 2 cores) each worker computes on one thread: two workers with two threads each
+# would oversubscribe the cores. Tests whose reference values depend on the thread count set it themselves.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with long tests (marked slow) first, each module kept together (its module-scoped fixtures are built
+    once): parallel workers then finish at about the same time, instead of one of them running a minute-long test
+    alone at the end."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
 
 
 def load_procedural(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -72,6 +72,8 @@ def target_of(command: list[str]) -> tuple[str, str, list[str]] | None:
     elif not command[0].endswith("gigatok"):
         return None
     if command[0].endswith("gigatok"):  # `gigatok <stage> ...` / `python -m gigatok <stage> ...`
+        if len(command) > 1 and (command[1].startswith("<") or command[1] in ("-h", "--help")):
+            return None  # the generic form, or the list of stages
         if len(command) < 2 or command[1] not in STAGES:
             return "module", f"{command[0]} {command[1:2]}", []  # reported as a missing module
         return "module", module_of(command[1]), command[2:]

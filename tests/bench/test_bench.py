@@ -9,7 +9,7 @@ import torch
 
 from gigatok.bench import main
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vq" / "VQ_debug.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "vq" / "VQ_debug.yaml"
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from gigatok.data.transforms import (
     to_uint8,
 )
 
-PHOTOS = Path(__file__).parent / "gt_qualitative"
+PHOTOS = Path(__file__).resolve().parents[1] / "gt_qualitative"
 
 
 def _random_image(width: int, height: int, seed: int = 0) -> Image.Image:

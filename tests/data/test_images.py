@@ -14,7 +14,7 @@ from torchvision.datasets import ImageFolder
 
 from gigatok.data.images import ImageDataError, ImageFolderDataset, list_image_files
 
-PHOTOS = Path(__file__).parent / "gt_qualitative"
+PHOTOS = Path(__file__).resolve().parents[1] / "gt_qualitative"
 
 
 class _Records(logging.Handler):

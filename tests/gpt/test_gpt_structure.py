@@ -9,7 +9,7 @@ import torch
 from gigatok.builders import build_gpt, build_gpt_config
 from gigatok.gpt.model import GPT_MODELS
 
-KEYS = Path(__file__).parent / "assets" / "keys"
+KEYS = Path(__file__).resolve().parents[1] / "assets" / "keys"
 
 # LlamaGen gpt.py parameter counts (c2i, K=16384, 1000 classes, 2D RoPE: no position parameters), SPEC_llamagen §1.2
 LLAMAGEN_PARAMS = {

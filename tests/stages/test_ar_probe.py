@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import expect_exit_2
+from helpers import make_colour_folders
 from PIL import Image
-from test_linear_probe import make_colour_folders
 
 from gigatok.stages.ar_probe_report import main as report_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_json(path: Path, data: dict) -> str:
@@ -75,6 +75,7 @@ def test_report_rejects_unusable_inputs(tmp_path, capsys, flag, content, message
 
 
 # -- pipeline -------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pipeline_end_to_end_and_rerun_skips_every_stage(tmp_path):
     data = make_colour_folders(tmp_path / "imagenet", train_per_class=8, val_per_class=4)
     ref = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32), Image.BICUBIC))

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import expect_exit_2
+from helpers import make_val_folder
 from PIL import Image
-from test_val_reference import make_val_folder
 
 from gigatok.builders import build_tokenizer, load_tokenizer
 from gigatok.config import load_config
@@ -28,7 +28,7 @@ from gigatok.tokenizer.perceptual import LPIPS, RANDOM_BACKBONE_ENV, VGG16_FILEN
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
 FOLDER = "VQVitModelPlus-imagenet-size-32-size-32-codebook-size-1024-dim-8-seed-0-0000050"
 METRICS = ("psnr", "ssim", "ssim_data_range_1", "lpips", "codebook_usage", "num_images", "rfid", "sfid",
@@ -129,6 +129,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_same_metrics_and_npz(setup, single_run):
     env = {**os.environ, RANDOM_BACKBONE_ENV: "1", "OMP_NUM_THREADS": "1", "gpus": "2", "PORT": str(_free_port()),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -6,7 +6,6 @@ checkpoint format.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -18,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import expect_exit_2
+from helpers import make_digit_folder, save_official_tokenizer
 from PIL import Image
 
-from gigatok.builders import build_tokenizer, load_tokenizer
-from gigatok.config import load_config
+from gigatok.builders import load_tokenizer
 from gigatok.data.codes import (
     CENTER_FLIP_VIEWS,
     TEN_CROP_VIEWS,
@@ -34,7 +33,7 @@ from gigatok.data.codes import (
 from gigatok.data.transforms import center_crop_arr, to_tensor_normalized
 from gigatok.stages.extract_codes import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
 NUM_IMAGES = 40
 SHARD = 16  # 40 images -> shards of 16, 16, 8
@@ -47,29 +46,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_digit_folder(root: Path, num_images: int, size: int = 36) -> Path:
-    """ImageFolder tree `root/<digit>/<i>.png` of colourised, upsampled sklearn digits."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(0)
-    for i in range(num_images):
-        ink = digits.images[i][..., None] / 16.0  # (8, 8, 1) in [0, 1]
-        fg, bg = rng.uniform(0.4, 1.0, 3), rng.uniform(0.0, 0.3, 3)
-        rgb = ((bg * (1 - ink) + fg * ink) * 255).astype(np.uint8)
-        folder = root / str(digits.target[i])
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb).resize((size, size), Image.BICUBIC).save(folder / f"{i:05d}.png")
-    return root
-
-
-def save_official_tokenizer(path: Path) -> Path:
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer(load_config(CONFIG))
-    torch.save({"model": tokenizer.state_dict(), "args": argparse.Namespace(image_size=32), "steps": 10}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +251,7 @@ def test_script_passes_vq_ckpt_from_either_variable(tmp_path):
     assert "--ten-crop" not in out and "--resume" not in out and "--debug" in out
 
 
+@pytest.mark.slow
 def test_two_ranks_through_the_script_write_the_same_codes(data, ten_crop_codes, tmp_path):
     probe = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"], capture_output=True)
     if probe.returncode != 0:

@@ -362,6 +362,7 @@ def fid_case(ours, tf_weights) -> tuple[list[np.ndarray], float]:
 
 
 @needs_weights
+@pytest.mark.slow
 def test_fid_matches_torch_fidelity(fid_case):
     """Acceptance: FID of two real-photo sets from our extractor + gigatok.eval.metrics = torch-fidelity's."""
     from gigatok.eval.metrics import frechet_distance_from_features

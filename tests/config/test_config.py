@@ -19,7 +19,7 @@ from gigatok.config import (
 )
 from gigatok.infra.io import write_text_atomic
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vq")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "vq")
 ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 
 OFFICIAL_1D = ["VQ_SS256", "VQ_SB256", "VQ_BL256", "VQ_BL256_dino_disc", "VQ_BL256_train_new", "VQ_XLXXL256"]

@@ -32,6 +32,7 @@ def official_tokenizer(config: str, overrides: list[str] | None = None) -> torch
     return load_procedural(build_tokenizer(load_config(ROOT / "configs" / "vq" / config, overrides)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, config", [("tok_VQ_SS256", "VQ_SS256.yaml"), ("tok_VQ_SS256_2d", "VQ_SS256_2d.yaml")])
 def test_eval_parity(case: str, config: str, vectors) -> None:
     ref = vectors(case)
@@ -57,6 +58,7 @@ def test_eval_parity(case: str, config: str, vectors) -> None:
         assert_close(tokenizer.decode(quant), ref["recon"], name="encode->decode")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rot", [True, False])
 def test_train_parity(rot: bool, vectors) -> None:
     """Train-mode forward: quantizer losses, usage, auxiliary outputs and gradients, rotation trick on and off."""

@@ -29,7 +29,7 @@ from gigatok.data.train_images import TrainImageDataset
 from gigatok.infra.run_state import list_checkpoints, load_training_checkpoint
 from gigatok.stages.train_vq import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
 CONFIG_2D = REPO / "configs" / "vq" / "VQ_debug_2d.yaml"
 # Random LPIPS backbone and teacher (no weight files offline), small DINOv2-S teacher, no W&B, no workers.
@@ -249,6 +249,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(photos, tmp_path, capsy
 
 
 # -- exact resume after SIGKILL --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(photos, tmp_path):
     args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--iterations",
             "6", "--global-batch-size", "4", "--log-every", "1", "--ckpt-every", "2", "--disc-start", "3",
@@ -294,6 +295,7 @@ def test_resume_after_sigkill_is_exact(photos, tmp_path):
 
 
 # -- data parallelism ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ddp_two_ranks_match_one_process(photos, tmp_path):
     """2 gloo ranks x 2 images == 1 process x 4 images. The discriminator stays off (its BatchNorm sees per-rank
     batches) and so does the entropy loss (computed per rank); LPIPS is off because its random VGG's per-pixel
@@ -333,6 +335,7 @@ def test_ddp_two_ranks_match_one_process(photos, tmp_path):
     assert noise < 1e-3 * total
 
 
+@pytest.mark.slow
 def test_fsdp_two_ranks_train_and_resume(photos, tmp_path):
     args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--iterations",
             "3", "--global-batch-size", "4", "--log-every", "1", "--ckpt-every", "2", "--disc-start", "2",
@@ -349,6 +352,7 @@ def test_fsdp_two_ranks_train_and_resume(photos, tmp_path):
 
 
 # -- learning --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [CONFIG, CONFIG_2D], ids=["1d", "2d"])
 def test_reconstruction_improves_and_codebook_stays_used(config, tmp_path):
     data = write_digits(tmp_path / "digits", 16)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import CONFIG, make_digit_folder, save_official_tokenizer
 
 from gigatok.builders import load_gpt
 from gigatok.config import GPTTrainConfig, load_config, to_dict
@@ -29,10 +30,7 @@ from gigatok.stages.extract_codes import main as extract_main
 from gigatok.stages.train_c2i import main as train_main
 from gigatok.stages.val_loss_c2i import main as val_main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_extract_codes import CONFIG, make_digit_folder, save_official_tokenizer  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NUM_IMAGES = 64
 # No dropout of any kind: a 2-rank run then sees exactly the computation of 1 rank (dropout masks are drawn per
 # rank from per-rank seeds, as official, so with dropout the two runs would differ by design).
@@ -170,6 +168,7 @@ def test_meta_mismatch_with_explicit_flags_is_refused(codes, tmp_path, capsys):
     assert "not divisible" in run("--global-batch-size", "9", "--gradient-accumulation-steps", "2")
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_exactly(codes, tmp_path):
     """SIGKILL a run after its checkpoint at step 10; the rerun logs exactly the losses of an uninterrupted run
     (data position, dropout RNG, optimizer, EMA and log accumulators all restored)."""
@@ -209,6 +208,7 @@ def _launch(script: str, codes: Path, save_path: Path, name: str, *extra: str) -
     assert "--nproc_per_node=2" in result.stderr
 
 
+@pytest.mark.slow
 def test_two_process_ddp_and_fsdp_equal_one_process(codes, tmp_path):
     """Global batch 16 = 1 x 16 = 1 x 8 x 2 accumulation = 2 ranks x 8 (DDP, FSDP2): same losses and weights."""
     probe = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"], capture_output=True)

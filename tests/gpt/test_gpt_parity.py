@@ -17,7 +17,7 @@ from gigatok.builders import build_gpt, load_gpt
 from gigatok.gpt.generate import cfg_schedule_values, generate
 from gigatok.gpt.model import GPT
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 torch.set_num_threads(2)  # the vectors were produced with 2 threads
 
 CASES = {"gpt1d_GPT-B": "learned_1d", "gpt2d_LlamaGen-B": "rope_2d"}
@@ -105,6 +105,7 @@ def compared_lengths(margin: np.ndarray) -> list[int]:
     return ends
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, name", list(GENERATIONS))
 def test_greedy_generation_matches_official(case, name, one_thread):
     """About 12 s per case on one CPU thread (256 decode steps of GPT-B over 2 or 4 rows)."""

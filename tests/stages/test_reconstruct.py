@@ -22,7 +22,7 @@ from gigatok.data.transforms import center_crop_arr, to_tensor_normalized, to_ui
 from gigatok.stages.reconstruct import main
 from gigatok.tokenizer.perceptual import RANDOM_BACKBONE_ENV, VGG16_FILENAME
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTOS = REPO / "tests" / "gt_qualitative"
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
 FOLDER = "VQVitModelPlus-imagenet-size-32-size-32-codebook-size-1024-dim-8-seed-0-0000050"
@@ -135,6 +135,7 @@ def test_fp16_on_cpu_falls_back_to_fp32(checkpoint, data_dir, tmp_path, capsys):
     _check_outputs(tmp_path / "out" / FOLDER, with_lpips=False)
 
 
+@pytest.mark.slow
 def test_launcher_script_with_torchrun_on_cpu(checkpoint, data_dir, tmp_path):
     """gpus=1 as in the README, then 2 ranks (strided shards, gathered grid/LPIPS): identical files."""
     env = {**os.environ, RANDOM_BACKBONE_ENV: "1", "OMP_NUM_THREADS": "1",

@@ -9,27 +9,14 @@ from pathlib import Path
 
 import numpy as np
 from conftest import expect_exit_2
+from helpers import make_val_folder
 from PIL import Image
 
 from gigatok.data.transforms import center_crop_arr
 from gigatok.stages.val_reference import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTOS = REPO / "tests" / "gt_qualitative"
-
-
-def make_val_folder(root: Path) -> list[Path]:
-    """An ImageNet-val-like folder: two class folders of 4 images each (the photos and flipped, non-square crops
-    of them), plus a file that is not an image. Returns the images in the official (ImageFolder) order."""
-    photos = sorted(PHOTOS.iterdir())
-    (root / "n01").mkdir(parents=True)
-    (root / "n02").mkdir()
-    for photo in photos:
-        image = Image.open(photo).convert("RGB")
-        image.save(root / "n01" / f"{photo.stem}.png")
-        image.transpose(Image.FLIP_LEFT_RIGHT).crop((10, 0, 200, 120)).save(root / "n02" / f"{photo.stem}.jpg")
-    (root / "n02" / "README.txt").write_text("not an image\n")
-    return sorted((root / "n01").iterdir()) + sorted((root / "n02").glob("*.jpg"))
 
 
 def argv(data: Path, out: Path, *extra: str) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import expect_exit_2
-from PIL import Image
+from helpers import make_colour_folders
 from torch.utils.data import DataLoader, TensorDataset
 
 from gigatok.builders import build_gpt_config, build_tokenizer
@@ -39,9 +39,8 @@ from gigatok.stages.lin_probe import main as tok_probe_main
 from gigatok.stages.lin_probe_gpt import gpt_features_fn, load_frozen_gpt
 from gigatok.stages.lin_probe_gpt import main as gpt_probe_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
-COLOURS = ((210, 60, 50), (40, 70, 220))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,19 +50,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_colour_folders(root: Path, train_per_class: int = 6, val_per_class: int = 3) -> Path:
-    """`root/ILSVRC2012_img_{train,val}/n{c}/*.png`: noisy images whose mean colour gives the class."""
-    rng = np.random.default_rng(0)
-    for split, count in (("ILSVRC2012_img_train", train_per_class), ("ILSVRC2012_img_val", val_per_class)):
-        for c, colour in enumerate(COLOURS):
-            folder = root / split / f"n{c:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (36, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
 
 
 def save_gpt(path: Path, num_classes: int = 2, official: bool = False) -> Path:
@@ -273,6 +259,7 @@ def test_probe_of_a_gpt_without_null_class_is_refused(files, tmp_path, capsys):
     assert "has no null class" in expect_exit_2(gpt_probe_main, argv, capsys)
 
 
+@pytest.mark.slow
 def test_two_process_run_over_torchrun(files, tmp_path):
     """scripts/train_lin_probe_gpt.sh with 2 CPU processes (gloo): trains, and its sharded evaluation counts every
     val image once and agrees exactly with a 1-process evaluation of the same checkpoint."""

@@ -34,6 +34,7 @@ def _records(out: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_every_artifact_metric_and_link(quick_demo):
     out = quick_demo
     metrics = json.loads((out / "metrics.json").read_text())

@@ -19,7 +19,7 @@ from gigatok.builders import build_gpt, build_tokenizer
 from gigatok.config import load_config
 from gigatok.stages.sample_c2i_visualization import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
 NUM_CLASSES = 10
 SIZE = 32  # VQ_debug: 32 px, 64 codes, codebook 1024
@@ -156,6 +156,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_launcher_script_one_and_two_ranks_give_the_same_files(checkpoints, tmp_path):
     """The official README command shape through scripts/sample_c2i_visualization.sh, with gpus=1 and gpus=2 (gloo):
     every batch has its own seed, so the files do not depend on the number of ranks."""

@@ -24,7 +24,7 @@ from gigatok.eval.npz import npz_info
 from gigatok.stages import sample_c2i
 from gigatok.stages.sample_c2i import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
 NUM_CLASSES = 10
 SIZE = 32  # VQ_debug: 32 px, 64 codes, codebook 1024
@@ -179,6 +179,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_same_npz(reference_run, checkpoints, tmp_path):
     """scripts/sample_c2i.sh with gpus=2 (gloo): the chunks are dealt to both ranks, the npz is the 1-rank one."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "gpus": "2", "PORT": str(_free_port()),
