@@ -233,7 +233,8 @@ def gpt_config_from(model: GPTModelConfig, *, vocab_size: int, block_size: int, 
             token_dropout_p=model.token_dropout_p, resid_dropout_p=model.dropout_p, ffn_dropout_p=model.dropout_p,
             drop_path_rate=model.drop_path_rate, use_qk_norm=model.qk_norm)
     except ValueError as err:
-        raise ConfigError(f"cannot build {name} (K={vocab_size}, L={block_size}, {num_classes} classes): {err}") from None
+        raise ConfigError(f"cannot build {name} (K={vocab_size}, L={block_size}, {num_classes} classes): "
+                          f"{err}") from None
 
 
 def infer_gpt_fields(state: Mapping[str, torch.Tensor], class_dropout: bool = True) -> dict[str, Any]:
@@ -289,7 +290,8 @@ def resolve_checkpoint_gpt(model: GPTModelConfig, ckpt: Mapping[str, Any] | None
         model, vocab_size=model.vocab_size or inferred.get("vocab_size") or vocab_size or 16384,
         block_size=model.block_size or block_size or inferred.get("block_size") or 256,
         num_classes=model.num_classes or inferred.get("num_classes") or 1000)
-    if ckpt is not None and "dim" in inferred and (inferred["dim"], inferred["n_layer"]) != (config.dim, config.n_layer):
+    shape = (inferred.get("dim"), inferred.get("n_layer"))
+    if ckpt is not None and "dim" in inferred and shape != (config.dim, config.n_layer):
         raise UserError(f"{source} holds a {inferred['n_layer']}-layer GPT of width {inferred['dim']}, which "
                         f"--gpt-model {model.gpt_model or 'GPT-B'} does not match"
                         f"{gpt_size_hint(inferred['dim'], inferred['n_layer'])}")

@@ -1,8 +1,10 @@
 """Shared test fixtures: tiny configs, procedural weights and the official parity vectors in tests/assets."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning. The suite runs two pytest-xdist workers on two cores, and several
@@ -23,6 +25,32 @@ from procedural import procedural_state_dict  # noqa: E402
 # Under pytest-xdist (.ci/run: -n 2 on 2 cores) each worker computes on one thread: two workers with two threads each
 # would oversubscribe the cores. Tests whose reference values depend on the thread count set it themselves.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for a test. The debug models gain nothing from threads, and on a busy 2-core machine the
+    workers of a 2-thread OpenMP region wait on each other against other processes (10-100x slower); with one
+    thread, in-process runs also compute exactly like their subprocesses (started with OMP_NUM_THREADS=1)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module() -> Iterator[None]:
+    """`one_thread` for a whole module, its module-scoped fixtures included (`pytestmark = usefixtures(...)`)."""
+    with torch_threads(1):
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

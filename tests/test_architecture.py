@@ -101,7 +101,6 @@ def test_one_atomic_writer_one_user_error_one_grad_sync_one_unwrap() -> None:
         assert owners == [home], (definition, owners)
 
 
-
 def test_every_error_class_is_a_user_error() -> None:
     """A user mistake is one class of exception, handled once (infra.cli.run_stage); the only other error class is
     the demo's internal fallback signal."""

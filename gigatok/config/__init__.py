@@ -44,7 +44,8 @@ from gigatok.config.tokenizer import (
 )
 
 __all__ = [
-    "EvalSettings", "GPTDataConfig", "GPTEvalConfig", "GPTFIDConfig", "GPTModelConfig", "GPTSampleConfig", "GPTTrainConfig", "GPTTrainerConfig",
+    "EvalSettings", "GPTDataConfig", "GPTEvalConfig", "GPTFIDConfig", "GPTModelConfig", "GPTSampleConfig",
+    "GPTTrainConfig", "GPTTrainerConfig",
     "SampleSettings", "TokenizerRef", "between", "choice", "positive", "validate",
     "TEACHER_DIMS", "TRANSFORMER_SIZES", "CausalSettings", "ConfigError", "LossParams", "LossSection", "ModelSection",
     "TrainerConfig", "VQConfig", "VQModelArgs", "_all_keys", "all_keys", "config_from_dict", "load_config",

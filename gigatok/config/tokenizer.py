@@ -166,7 +166,7 @@ class TrainerConfig:
     wandb_project: str = "gigatok"
     tensorboard: bool = False
     data_parallel: str = "ddp"  # ddp | fsdp (FSDP2 full sharding of the Q-Former layers) | none
-    decay_policy: Optional[str] = None  # AdamW weight decay; null: "all" under DDP, "no_norm_bias" under FSDP (official)
+    decay_policy: Optional[str] = None  # AdamW weight decay; null: "all" (DDP), "no_norm_bias" (FSDP), as official
     grad_precision: Optional[str] = None  # FSDP gradient reduce dtype (fp32 | bf16 | fp16); null: fp32
     compile: bool = False
     activation_checkpointing: bool = False  # recompute Q-Former layer activations in backward

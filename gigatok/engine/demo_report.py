@@ -175,8 +175,8 @@ def write_report(plan: Plan, setup: ReportSetup, stages: list[Stage], records: d
                 "held-out images; photos reconstructed at 32 px",
         "tokenizer": f"`{setup.tokenizer_config}` (resolved: [config.yaml]"
                      f"(runs/tokenizer/config.yaml)), {args.vq_steps} steps at batch {args.vq_batch_size}",
-        "GPT": f"`{setup.gpt_model}` with 2D RoPE ([config.yaml](runs/gpt/config.yaml)), {args.gpt_steps} steps at batch "
-               f"{args.gpt_batch_size}, lr {args.gpt_lr:g} with cosine decay to {setup.gpt_end_lr:g}",
+        "GPT": f"`{setup.gpt_model}` with 2D RoPE ([config.yaml](runs/gpt/config.yaml)), {args.gpt_steps} steps at "
+               f"batch {args.gpt_batch_size}, lr {args.gpt_lr:g} with cosine decay to {setup.gpt_end_lr:g}",
         "sampling": f"cfg scale {args.cfg_scale}, temperature {args.temperature}, {args.num_samples} samples",
         "classifier": f"{args.classifier_epochs} epoch(s) on the training digits (horizontal flips included: the GPT "
                       "learns from the codes of every digit and of its mirror image, as officially)",
@@ -223,9 +223,9 @@ def render_demo_report(metrics: Mapping[str, Any], stages: Sequence[Mapping[str,
     lines = [
         "# GigaTok CPU demo",
         "",
-        ("Every pipeline stage below ran through the entry point users run, with the flags listed in its log: a 2D GigaTok "
-        "tokenizer trained on colourised scikit-learn digits, codes, a class-conditional GPT, samples, and their "
-        "evaluation. Numbers come from this run; nothing is pretrained."),
+        ("Every pipeline stage below ran through the entry point users run, with the flags listed in its log: a 2D "
+         "GigaTok tokenizer trained on colourised scikit-learn digits, codes, a class-conditional GPT, samples, and "
+         "their evaluation. Numbers come from this run; nothing is pretrained."),
         "",
         "## Results",
         "",
@@ -236,9 +236,9 @@ def render_demo_report(metrics: Mapping[str, Any], stages: Sequence[Mapping[str,
         f"{_value(metrics['heldout_ssim_data_range_1'])}), codebook usage {_value(metrics['codebook_usage'])}, "
         f"rFID {_value(metrics.get('heldout_rfid'))}."),
         (f"- Class agreement of {metrics['num_samples']} generated digits (uniform classes), per class: {per_class}. "
-        f"The judge is a small CNN trained on the real training digits: {_value(metrics['classifier_heldout_accuracy'])} "
-        f"accuracy on the held-out digits ({_value(metrics['classifier_heldout_accuracy_mirrored'])} on their "
-        "mirror images)."),
+        "The judge is a small CNN trained on the real training digits: "
+        f"{_value(metrics['classifier_heldout_accuracy'])} accuracy on the held-out digits "
+        f"({_value(metrics['classifier_heldout_accuracy_mirrored'])} on their mirror images)."),
         (f"- FID against the held-out digits: {_value(metrics['fid'])} ({metrics['fid_note']}). Few images and tiny "
         "upsampled digits: a sanity number, not comparable with ImageNet FIDs."),
     ]

@@ -30,7 +30,8 @@ MAX_SHIFT = 2  # pixels, at 32 px
 
 
 class DigitClassifier(nn.Module):
-    """Ink maps (B, 1, S, S) float in [0, 1] (see `to_input`) -> logits (B, num_classes), for S = `image_size` (divisible by 8).
+    """Ink maps (B, 1, S, S) float in [0, 1] (see `to_input`) -> logits (B, num_classes), for S = `image_size`
+    (divisible by 8).
 
     Three 3x3 conv stages (32, 64, 64 channels; BatchNorm, ReLU, 2x2 max-pool each), then an MLP on the flattened
     (64, S/8, S/8) map: where the strokes are matters for a digit, so the layout is kept rather than pooled away.

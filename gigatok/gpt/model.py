@@ -4,8 +4,8 @@ Architecture (SPEC_llamagen §1, SPEC_gigatok §4.3): [class embedding, code emb
 n_layer pre-norm blocks (RMSNorm, causal attention with fused `wqkv`, SwiGLU FFN, residual/FFN dropout,
 drop-path) -> RMSNorm -> untied `output` head. Positions are either a learned absolute table added to the
 embeddings (GigaTok gpt_1d, `positional_embedding` (1 + block_size, D)), 2D RoPE over the token grid
-(LlamaGen) or plain 1D RoPE (see GPTConfig.pos_type). Module names match the official state_dict keys exactly, so official
-checkpoints load strictly; the RoPE table and KV caches are never part of the state_dict.
+(LlamaGen) or plain 1D RoPE (see GPTConfig.pos_type). Module names match the official state_dict keys exactly, so
+official checkpoints load strictly; the RoPE table and KV caches are never part of the state_dict.
 
 Sequence layout: position 0 holds the class token, position t >= 1 holds code t-1, and the logits at
 position t predict code t (teacher forcing feeds codes[:, :-1] and scores against all codes).

@@ -1,8 +1,8 @@
 """One table for an AR-probing run (GigaTok paper Sec. 3): rFID, gFID, validation loss and linear-probe accuracy.
 
 Reads what the stages of scripts/ar_probe.sh wrote: the tokenizer and GPT checkpoints (steps and configs, read
-memory-mapped), the val-loss JSON (gigatok.stages.val_loss_c2i), the linear-probe JSON (gigatok.stages.lin_probe_gpt), the
-generation metrics JSON (gigatok.stages.sample_c2i: a file, or under a folder the `*.json` with the lowest "fid", i.e. the
+memory-mapped), the val-loss JSON (stage val_loss_c2i), the linear-probe JSON (stage lin_probe_gpt), the
+generation metrics JSON (stage sample_c2i: a file, or under a folder the `*.json` with the lowest "fid", i.e. the
 best scale of a CFG search) and optionally an rFID (a number, or a JSON with "fid"/"rfid"). A missing or skipped
 stage shows as "n/a".
 Writes `<exp-dir>/ar_probe.md` and `<exp-dir>/ar_probe.json` (atomically) and prints the table.

@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the FID reference (default: all; tests pass a few to stay fast)")
     p.add_argument("--no-fid", action="store_true", help="skip FID even when the Inception weights are present")
     p.add_argument("--rfid", action="store_true",
-                   help="also the held-out rFID (the quantitative gigatok.stages.reconstruct run: one more Inception pass, "
-                        "about 40 s on 2 cores)")
+                   help="also the held-out rFID (the quantitative gigatok.stages.reconstruct run: one more "
+                        "Inception pass, about 40 s on 2 cores)")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the stages (default: torch's)")
     p.add_argument("--no-warm-start", action="store_true",
                    help="run each stage as a plain `python -m` subprocess instead of forking it from a warm "
@@ -172,9 +172,9 @@ def reconstruction_stages(plan: Plan) -> list[Stage]:
             Stage("codes_heldout", "codes of the held-out digits (codebook usage)",
                   lambda: existing(paths.codes / "heldout" / "meta.json"), [paths.codes / "heldout"],
                   ["tokenizer", *plan.heldout_deps], [
-                      "gigatok.stages.extract_codes", "--data-path", heldout, "--code-path", str(paths.codes / "heldout"),
-                      "--model-config", CONFIG, "--vq-ckpt", plan.vq_ckpt, "--batch-size", "64", "--num-workers",
-                      "0", "--resume", *CPU]),
+                      "gigatok.stages.extract_codes", "--data-path", heldout, "--code-path",
+                      str(paths.codes / "heldout"), "--model-config", CONFIG, "--vq-ckpt", plan.vq_ckpt,
+                      "--batch-size", "64", "--num-workers", "0", "--resume", *CPU]),
         ]
     photos = paths.recon / "photos"
     stages.append(Stage(

@@ -92,8 +92,8 @@ def build_reference(args: argparse.Namespace) -> Path:
             logger.info(f"'{npz_path}' already holds the {num_images} reference images: nothing to do")
             return npz_path
         raise UserError(
-            f"'{npz_path}' holds {info['count']} images of {info['width']}x{info['height']}, but '{args.data_path}' has "
-            f"{num_images} images and --image-size is {args.image_size}: it was built from other data. Delete it "
+            f"'{npz_path}' holds {info['count']} images of {info['width']}x{info['height']}, but '{args.data_path}' "
+            f"has {num_images} images and --image-size is {args.image_size}: it was built from other data. Delete it "
             f"(and '{folder}') to rebuild, or pass another --sample-dir."
         )
     expected = OFFICIAL_COUNTS[args.dataset]

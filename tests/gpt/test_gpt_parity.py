@@ -85,17 +85,6 @@ def test_cfg_per_token_matches_official(case, name):
     np.testing.assert_array_equal(ours, vectors(case)[f"{name}_cfg_per_token"])
 
 
-@pytest.fixture
-def one_thread():
-    """Decode steps are ~100 tiny parallel regions each; on a loaded 2-core machine two OpenMP threads spin at
-    every barrier and run 10-20x slower than one. The official GPT vectors are bitwise thread-count independent
-    (MANIFEST noise floor), so one thread changes no value."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def compared_lengths(margin: np.ndarray) -> list[int]:
     """Per row: codes up to and including the first near-tie (margin < 1e-3); after it a flip is legitimate."""
     ends = []

@@ -1,4 +1,4 @@
-"""The ADM evaluator end to end: gigatok.eval.adm.evaluate_npz, result files, the CLI (python -m gigatok.stages.evaluate),
+"""The ADM evaluator end to end: gigatok.eval.adm.evaluate_npz, result files, the CLI (gigatok evaluate),
 the EVAL_PYTHON_PATH subprocess path and the standalone TF evaluator script.
 
 Most tests replace the Inception network with a fake feature extractor (a fixed random projection of the pixels),

@@ -33,19 +33,12 @@ from gigatok.data.codes import (
 from gigatok.data.transforms import center_crop_arr, to_tensor_normalized
 from gigatok.stages.extract_codes import main
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
 NUM_IMAGES = 40
 SHARD = 16  # 40 images -> shards of 16, 16, 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine 2 OpenMP threads can be far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -39,17 +39,10 @@ from gigatok.stages.lin_probe import main as tok_probe_main
 from gigatok.stages.lin_probe_gpt import gpt_features_fn, load_frozen_gpt
 from gigatok.stages.lin_probe_gpt import main as gpt_probe_main
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def save_gpt(path: Path, num_classes: int = 2, official: bool = False) -> Path:

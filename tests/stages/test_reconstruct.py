@@ -1,4 +1,4 @@
-"""End to end: `gigatok.stages.reconstruct --qualitative` on CPU with the tiny config and an official-format checkpoint."""
+"""End to end: `gigatok reconstruct --qualitative` on CPU with the tiny config and an official-format checkpoint."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""`gigatok.stages.reconstruct` without --qualitative: PSNR/SSIM/LPIPS/codebook usage/rFID on CPU with the tiny tokenizer,
+"""`gigatok reconstruct` without --qualitative: PSNR/SSIM/LPIPS/codebook usage/rFID on CPU with the tiny tokenizer,
 in one process and with 2 gloo ranks, resumed, merged and with --clear-cache."""
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import expect_exit_2
+from conftest import expect_exit_2, torch_threads
 
 from gigatok.builders import build_gpt, build_tokenizer
 from gigatok.config import load_config
@@ -24,6 +24,8 @@ from gigatok.eval.npz import npz_info
 from gigatok.stages import sample_c2i
 from gigatok.stages.sample_c2i import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
 NUM_CLASSES = 10
@@ -32,15 +34,6 @@ NUM = 12  # 10 classes once + 2 more: chunks of 5, 5, 2
 FOLDER = f"debug-size-{SIZE}-size-{SIZE}-topk-0-topp-1.0-temperature-1.0-cfg-2.0-constant-seed-0"
 OFFICIAL_COLUMNS = ["annotation", "cfg_scale", "cfg_schedule", "FID", "Inception Score", "Precision", "Recall",
                     "sFID"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The debug models gain nothing from threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +80,8 @@ def reference_run(checkpoints, tmp_path_factory) -> tuple[np.ndarray, np.ndarray
     here (module fixtures start before `one_thread`): the decoder's float sums, hence a few uint8 values, depend on
     the thread count."""
     out = tmp_path_factory.mktemp("full") / "samples"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         main(_argv(out, checkpoints, "--no-eval"))
-    finally:
-        torch.set_num_threads(threads)
     return _load(out / f"{FOLDER}.npz")
 
 

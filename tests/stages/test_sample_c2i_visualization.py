@@ -1,4 +1,4 @@
-"""End to end: `gigatok.stages.sample_c2i_visualization` on CPU with the tiny tokenizer and a debug GPT, both saved in the
+"""End to end: `gigatok sample_c2i_visualization` on CPU with the tiny tokenizer and a debug GPT, both saved in the
 official checkpoint format."""
 from __future__ import annotations
 
@@ -19,21 +19,13 @@ from gigatok.builders import build_gpt, build_tokenizer
 from gigatok.config import load_config
 from gigatok.stages.sample_c2i_visualization import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "vq" / "VQ_debug.yaml"
 NUM_CLASSES = 10
 SIZE = 32  # VQ_debug: 32 px, 64 codes, codebook 1024
 CELL = SIZE + 2  # grid cell: image + 2 px padding
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The debug models are far too small to gain from threads, and on a busy 2-core machine the OpenMP workers of
-    a 2-thread matmul spin against other processes (up to 100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -30,21 +30,13 @@ from gigatok.stages.extract_codes import main as extract_main
 from gigatok.stages.train_c2i import main as train_main
 from gigatok.stages.val_loss_c2i import main as val_main
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 REPO = Path(__file__).resolve().parents[2]
 NUM_IMAGES = 64
 # No dropout of any kind: a 2-rank run then sees exactly the computation of 1 rank (dropout masks are drawn per
 # rank from per-rank seeds, as official, so with dropout the two runs would differ by design).
 NO_DROPOUT = ["--dropout-p", "0", "--token-dropout-p", "0", "--class-dropout-p", "0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine 2 OpenMP threads can be far slower.
-    Subprocesses get OMP_NUM_THREADS=1, so in-process and subprocess runs compute identically."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,8 @@ def cli(*args: str) -> list[str]:
 
 def launcher(script: str, nproc: int, *args: str, log: Path) -> None:
     """Run scripts/<script> with `gpus=nproc` CPU processes (gloo); fail with the log on a non-zero exit."""
-    env = subprocess_env(gpus=str(nproc), PORT=str(free_port()), TORCH_RUN_PATH=f"{sys.executable} -m gigatok.infra.launch")
+    env = subprocess_env(gpus=str(nproc), PORT=str(free_port()),
+                         TORCH_RUN_PATH=f"{sys.executable} -m gigatok.infra.launch")
     with open(log, "w") as out:
         code = subprocess.run(["bash", str(REPO / "scripts" / script), *args], env=env, cwd=REPO, stdout=out,
                               stderr=subprocess.STDOUT, timeout=300).returncode
