@@ -19,14 +19,13 @@ import argparse
 import datetime
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from gigatok.builders import load_tokenizer
@@ -55,6 +54,7 @@ from gigatok.infra.dist import (
     setup_logging,
 )
 from gigatok.infra.io import save_npy_atomic, write_json_atomic
+from gigatok.infra.runtime import build_loader
 
 SETTINGS_NAME = "extract_settings.json"
 PROGRESS_DIR = "progress"
@@ -234,13 +234,11 @@ def extract(args: argparse.Namespace) -> Path:
                 f"stored as {dtype.name}; output '{code_path}'")
 
     # Extract: one shard at a time, committed atomically.
-    num_workers = min(args.num_workers, max((os.cpu_count() or 1) // world_size, 1))
     debug_left = DEBUG_IMAGES if args.debug and is_main_process() else 0
     for shard in mine:
         start = shard * args.shard_size
         subset = Subset(dataset, range(start, min(start + args.shard_size, len(dataset))))
-        loader = DataLoader(subset, batch_size=args.batch_size, shuffle=False, num_workers=num_workers,
-                            pin_memory=device.type == "cuda")
+        loader = build_loader(subset, args.batch_size, num_workers=args.num_workers, device=device)
         codes_out = np.empty((len(subset), len(views), num_tokens), dtype=dtype)  # (n, A, L)
         labels_out = np.empty((len(subset),), dtype=np.int64)
         row = 0

@@ -68,12 +68,12 @@ from gigatok.infra.dist import (
     DistInfo,
     all_gather_objects,
     barrier,
-    get_world_size,
     init_distributed,
     is_main_process,
     setup_logging,
 )
 from gigatok.infra.io import save_png_atomic, write_text_atomic
+from gigatok.infra.runtime import build_loader
 from gigatok.tokenizer.perceptual import (
     LPIPS,
     LPIPSWeightsError,
@@ -196,9 +196,8 @@ def setup_run(args: argparse.Namespace,
 def make_loader(dataset: ImageFolderDataset, indices: list[int], args: argparse.Namespace,
                 device: torch.device) -> DataLoader:
     # More loader workers than cores per rank only adds contention (the official default 4 assumes a GPU node).
-    num_workers = min(args.num_workers, max((os.cpu_count() or 1) // get_world_size(), 1))
-    return DataLoader(Subset(dataset, indices), batch_size=args.per_proc_batch_size, shuffle=False,
-                      num_workers=num_workers, pin_memory=device.type == "cuda", drop_last=False)
+    return build_loader(Subset(dataset, indices), args.per_proc_batch_size, num_workers=args.num_workers,
+                        device=device)
 
 
 @torch.no_grad()

@@ -16,13 +16,12 @@ each rank crops a strided shard of the images, rank 0 packs the npz.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from gigatok.data.images import ImageFolderDataset
@@ -38,6 +37,7 @@ from gigatok.infra.dist import (
     setup_logging,
 )
 from gigatok.infra.io import save_png_atomic
+from gigatok.infra.runtime import build_loader
 
 OFFICIAL_COUNTS = {"imagenet": 50000, "coco": 5000}  # the official script asserts these; we only warn
 
@@ -106,9 +106,8 @@ def build_reference(args: argparse.Namespace) -> Path:
     shard = [i for i in range(rank, num_images, world_size) if not (folder / f"{i:06d}.png").is_file()]
     logger.info(f"{num_images} images under '{args.data_path}' -> {args.image_size} px center crops in "
                 f"'{folder}' ({len(shard)} to write on rank 0 of {world_size})")
-    num_workers = min(args.num_workers, max((os.cpu_count() or 1) // world_size, 1))
-    loader = DataLoader(Subset(dataset, shard), batch_size=args.per_proc_batch_size, shuffle=False,
-                        num_workers=num_workers, drop_last=False)
+    loader = build_loader(Subset(dataset, shard), args.per_proc_batch_size, num_workers=args.num_workers,
+                          device=torch.device("cpu"))  # center crops only: nothing goes to a GPU
     for images_uint8, indices in tqdm(loader, disable=not is_main_process(), desc="center crop"):
         for image_uint8, idx in zip(images_uint8.numpy(), indices.tolist()):  # (S, S, 3) uint8
             save_png_atomic(folder / f"{idx:06d}.png", image_uint8)

@@ -1,6 +1,7 @@
 """Config files and the config loader: every shipped YAML loads, official values survive, mistakes fail loudly."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 
@@ -248,3 +249,66 @@ def test_config_from_dict_validates():
     bad["model"]["init_args"]["z_chanels"] = 256
     with pytest.raises(ConfigError, match="z_chanels"):
         config_from_dict(bad, source="checkpoint")
+
+
+# -- the GPT side -----------------------------------------------------------------------------------------------------
+def test_gpt_configs_take_official_flags_files_and_overrides_in_that_order(tmp_path):
+    """defaults < --config FILE < official flags < --section.key=value, every field documented and checked."""
+    import argparse
+
+    from gigatok.config import GPTSampleConfig, GPTTrainConfig, to_yaml
+    from gigatok.config.flags import add_config_flags, field_docs, given_flags, resolve_config
+
+    parser, table = argparse.ArgumentParser(), {}
+    for section in ("model", "tokenizer", "data", "trainer"):
+        table.update(add_config_flags(parser, GPTTrainConfig, section))
+    help_text = parser.format_help()
+    for flag in ("--gpt-model", "--gpt-2d", "--cls-token-num", "--code-path", "--global-batch-size", "--lr-scheduler",
+                 "--fract-decay", "--gradient-accumulation-steps", "--early-stop-iter", "--no-compile", "--no-wandb"):
+        assert flag in help_text, flag
+    for cls in (GPTTrainConfig, GPTSampleConfig):  # every field says what it is (it is the flag's --help)
+        for section in dataclasses.fields(cls):
+            section_cls = type(getattr(cls(), section.name))
+            assert set(field_docs(section_cls)) == {f.name for f in dataclasses.fields(section_cls)}, section_cls
+
+    base = load_config(None, ["--trainer.lr=3e-4", "--trainer.iterations=10"], schema=GPTTrainConfig)
+    yaml_file = tmp_path / "config.yaml"
+    write_text_atomic(yaml_file, to_yaml(base))
+    args = parser.parse_args(["--lr", "5e-4", "--gpt-model", "GPT-L", "--no-compile"])
+    config, report = resolve_config(GPTTrainConfig, str(yaml_file), given_flags(args, table), ["--trainer.lr=7e-4"])
+    assert config.trainer.iterations == 10  # from the file
+    assert config.model.gpt_model == "GPT-L" and config.trainer.compile is False  # from the flags
+    assert config.trainer.lr == pytest.approx(7e-4)  # the override wins over the flag
+    assert any(line.startswith("--lr: trainer.lr = 0.0005 (overrides the YAML: 0.0003)") for line in report)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--trainer.lrr=1e-4", "unknown config key 'trainer.lrr'. Did you mean 'trainer.lr'?"),
+    ("--trainer.lr_scheduler=cosin", "'trainer.lr_scheduler' is 'cosin', not one of ['const', 'cosine', 'wsd']. "
+                                     "Did you mean 'cosine'?"),
+    ("--trainer.lr=-1e-4", "'trainer.lr' is -0.0001; it must be > 0."),
+    ("--model.dropout_p=1.5", "'model.dropout_p' is 1.5; it must be <= 1."),
+])
+def test_gpt_config_mistakes_name_the_key(override, message):
+    from gigatok.config import GPTTrainConfig
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override], schema=GPTTrainConfig)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top-p", "1.5"], "'sample.top_p' is 1.5; it must be <= 1."),
+    (["--top-p", "0"], "'sample.top_p' is 0.0; it must be > 0."),
+    (["--temperature", "0"], "'sample.temperature' is 0.0; it must be > 0."),
+    (["--top-k", "-5"], "'sample.top_k' is -5; it must be >= 0."),
+    (["--cfg-scale", "-3"], "'sample.cfg_scale' is -3.0; it must be >= 0."),
+    (["--sample.tempreature=0.5"], "Did you mean 'sample.temperature'?"),
+])
+def test_sampling_flags_are_checked_before_any_work(flags, message, capsys):
+    from conftest import expect_exit_2
+
+    from gigatok.stages.sample_c2i_visualization import main
+
+    err = expect_exit_2(main, ["--tok-config", _path("VQ_debug"), "--device", "cpu", *flags], capsys)
+    assert message in err
