@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from gigatok.config.core import between, positive
+
 # Transformer sizes shared by the Q-Former encoder/decoder: name -> (width, layers, heads).
 TRANSFORMER_SIZES: dict[str, tuple[int, int, int]] = {
     "debug": (64, 2, 2),
@@ -54,8 +56,8 @@ class VQModelArgs:
     """
 
     # quantizer
-    codebook_size: int = 16384
-    codebook_embed_dim: int = 8
+    codebook_size: int = field(default=16384, metadata=positive())
+    codebook_embed_dim: int = field(default=8, metadata=positive())
     codebook_l2_norm: bool = True
     codebook_show_usage: bool = True
     commit_loss_beta: float = 0.25
@@ -74,7 +76,7 @@ class VQModelArgs:
     model_size: Optional[str] = "small"
     encoder_size: Optional[str] = None
     decoder_size: Optional[str] = None
-    num_latent_tokens: int = 256
+    num_latent_tokens: int = field(default=256, metadata=positive())
     z_channels: int = 256
     dropout_p: float = 0.0
     image_size: int = 256  # ours: the grid (image_size / 2**(len(ch_mult)-1)) and positional tables follow it
@@ -130,27 +132,28 @@ class ModelSection:
 class TrainerConfig:
     """`trainer:` block. Official fields first; the rest are ours and default to the official behaviour."""
 
-    lr: float = 1e-4
+    lr: float = field(default=1e-4, metadata=positive())
     lr_scheduler: str = "cosine_v2"
-    end_lr: float = 1e-5
+    end_lr: float = field(default=1e-5, metadata=between(0, None))
     optimizer: str = "AdamW"
     global_seed: int = 0
-    weight_decay: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    max_grad_norm: float = 10.0
+    weight_decay: float = field(default=1e-4, metadata=between(0, None))
+    beta1: float = field(default=0.9, metadata=between(0, 1))
+    beta2: float = field(default=0.95, metadata=between(0, 1))
+    max_grad_norm: float = field(default=10.0, metadata=between(0, None))
     distill_loss: bool = False
     distill_model: str = "dinov2-vit-b"
-    global_batch_size: Optional[int] = None
-    warmup: int = 0
+    global_batch_size: Optional[int] = field(default=None, metadata=positive())
+    warmup: int = field(default=0, metadata=between(0, None))
     # -- ours: training-run settings the official trainer takes as `vq_train.py` flags (defaults = its defaults) --
     iterations: Optional[int] = None  # total optimizer steps; sets the LR schedule length (--iterations, required)
     early_stop_iter: Optional[int] = None  # stop (and checkpoint) at this step; the schedule still spans `iterations`
     fract_decay: float = 0.2  # `wsd` only: fraction of the iterations spent decaying
     mixed_precision: str = "bf16"  # autocast dtype: none | fp16 (with GradScalers) | bf16
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (official flag parsed but ignored; applied here)
+    # micro-batches per optimizer step (the official flag is parsed but ignored; applied here)
+    grad_accum_steps: int = field(default=1, metadata=positive())
     ema: bool = False  # keep an EMA of the tokenizer weights (saved as "ema", preferred by every loader)
-    ema_decay: float = 0.9999
+    ema_decay: float = field(default=0.9999, metadata=between(0, 1))
     log_every: int = 500
     ckpt_every: int = 5000
     keep_last: int = 10  # non-milestone checkpoints kept (official manage_ckpt_num)

@@ -299,3 +299,30 @@ def test_rng_states_of_every_rank_two_process_gloo(tmp_path):
     mp.spawn(_rng_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ckpt = load_training_checkpoint(find_latest_checkpoint(tmp_path))
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_removes_the_partial_file(tmp_path, monkeypatch, capsys):
+    from gigatok.infra.cli import run_stage
+    from gigatok.infra.io import DiskFullError
+
+    model = Net()
+    good = save_training_checkpoint(tmp_path, 100, model=model)
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 the first bytes")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(DiskFullError, match="no space left on the device while writing .*0000200.pt"):
+        save_training_checkpoint(tmp_path, 200, model=model)
+    assert list((tmp_path / "checkpoints").iterdir()) == [good]  # no partial file keeps the disk full
+    with pytest.raises(SystemExit) as info:
+        run_stage(lambda: save_training_checkpoint(tmp_path, 300, model=model))
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert info.value.code == 2 and "Traceback" not in err
+    assert last.startswith("error: no space left on the device") and "free some space" in last
+    monkeypatch.setattr(torch, "save", real_save)
+    assert save_training_checkpoint(tmp_path, 300, model=model).is_file()  # once space is free, it works
+    assert find_latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 300)

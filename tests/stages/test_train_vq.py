@@ -230,6 +230,9 @@ def test_auto_cnn_layout_trains_nchw_on_avx2_cpus(photos, tmp_path, capsys, monk
     (["--data-path", "/nonexistent/folder"], "does not exist"),
     (["--data-path", "{data}", "--trainer.lrr=1"], "unknown config key 'trainer.lrr'"),
     (["--data-path", "{data}", "--global-batch-size", "3", "--gradient-accumulation-steps", "2"], "multiple of"),
+    (["--data-path", "{data}", "--trainer.lr=-1e-4"], "'trainer.lr' is -0.0001; it must be > 0."),
+    (["--data-path", "{data}", "--trainer.beta2=1.5"], "'trainer.beta2' is 1.5; it must be <= 1."),
+    (["--data-path", "{data}", "--model.init_args.codebook_size=0"], "'model.init_args.codebook_size' is 0"),
 ])
 def test_user_errors_exit_2_with_a_message(argv, message, photos, tmp_path, capsys):
     argv = [a.format(data=photos) for a in argv]
@@ -279,6 +282,8 @@ def test_resume_after_sigkill_is_exact(photos, tmp_path):
 
     metrics_a, metrics_b = read_metrics(tmp_path / "A"), read_metrics(run_b)
     assert sorted(metrics_b) == sorted(metrics_a) == list(range(1, 7))
+    steps_b = [json.loads(line)["step"] for line in (run_b / "metrics.jsonl").read_text().splitlines()]
+    assert steps_b == list(range(1, 7))  # the steps redone after the resume replaced their first lines
     for step in range(1, 7):  # bit-identical losses, before and after the resume point
         assert_same_metrics(metrics_a[step], metrics_b[step])
     assert metrics_a[6]["train/disc"] > 0  # the discriminator phase was part of the comparison
@@ -370,3 +375,20 @@ def test_reconstruction_improves_and_codebook_stays_used(config, tmp_path):
     assert end <= 0.5 * start
     assert min(metrics[s]["train/codebook_usage"] for s in range(100, 151)) > 0.5
     assert (tmp_path / "learn" / "previews" / "0000150.png").is_file()
+
+
+def test_a_failed_rerun_leaves_the_runs_config_alone(photos, tmp_path, capsys):
+    """config.yaml describes the checkpoints beside it: a rerun whose config cannot load them stops before writing
+    anything; a rerun that changes the run keeps the old config as config.<step>.yaml."""
+    args = ["--data-path", str(photos), "--save-path", str(tmp_path), "--sub-exp-dir", "run", "--global-batch-size",
+            "2", "--disc-start", "100", *TEST_FLAGS]
+    main(["--model-config", str(CONFIG), "--iterations", "1", *args])
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(SystemExit) as info:
+        main(["--model-config", str(CONFIG_2D), "--iterations", "2", *args])  # the 2D tokenizer: other weights
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "does not match the model" in err and "Traceback" not in err
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved
+    main(["--model-config", str(CONFIG), "--iterations", "2", *args])  # a longer schedule: the run changes
+    assert (tmp_path / "run" / "config.0000001.yaml").read_text() == saved
+    assert load_config(tmp_path / "run" / "config.yaml").trainer.iterations == 2
