@@ -39,6 +39,9 @@ import numpy as np
 import torch
 
 from gigatok.errors import UserError
+
+# The five ADM result lines: one format for both evaluators, owned by the standalone TF script (no torch, no gigatok).
+from gigatok.eval.adm_tf_evaluator import format_results
 from gigatok.eval.guards import FEATURE_DIM, check_pair, emit_warnings, resolve_purpose
 from gigatok.eval.inception import (
     extract_features,
@@ -335,33 +338,6 @@ def _run_tf_evaluator(interpreter: str, ref_path: Path, sample_path: Path, graph
     return results
 
 
-def _number(value: float) -> str:
-    return repr(float(value))  # what print(float) writes, as ADM/LlamaGen do
-
-
-def format_results(results: dict[str, Any], parseable: bool = True) -> str:
-    """The ADM/LlamaGen result lines (`Inception Score: ...`, `FID: ...`, `sFID: ...`, `Precision: ...`,
-    `Recall: ...`).
-
-    Args:
-        results: from `evaluate_npz`.
-        parseable: True (the `.txt` file): every metric line parses with `float(line.split(":")[-1])`, as GigaTok's
-            cfg search reads it, so an unavailable IS is written `nan` and its reason follows on a `#` line.
-            False (the console): the IS line says "unavailable (<reason>)".
-
-    Returns:
-        The lines, newline-terminated.
-    """
-    score, reason = results.get("inception_score"), results.get("inception_score_unavailable")
-    if score is not None:
-        lines = [f"Inception Score: {_number(score)}"]
-    else:
-        lines = ["Inception Score: nan" if parseable else f"Inception Score: unavailable ({reason})"]
-    lines += [f"FID: {_number(results['fid'])}", f"sFID: {_number(results['sfid'])}",
-              f"Precision: {_number(results['precision'])}", f"Recall: {_number(results['recall'])}"]
-    if score is None and parseable:
-        lines.append(f"# Inception Score unavailable: {reason}")
-    return "\n".join(lines) + "\n"
 
 
 

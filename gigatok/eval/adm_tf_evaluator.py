@@ -251,7 +251,8 @@ class TFInceptionEvaluator:
 
 # ------------------------------------------------------------------------------------------------- results
 def format_results(results: dict, parseable: bool = True) -> str:
-    """The five ADM lines; the same text as gigatok.eval.adm.format_results."""
+    """The five ADM result lines (the `.txt` file, or the console with `parseable=False`); gigatok.eval.adm uses this
+    function too, so both evaluators write the same text."""
     score, reason = results.get("inception_score"), results.get("inception_score_unavailable")
     if score is not None:
         lines = [f"Inception Score: {float(score)!r}"]
