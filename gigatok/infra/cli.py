@@ -11,20 +11,29 @@ from gigatok.infra.dist import cleanup, get_rank, get_world_size
 T = TypeVar("T")
 
 
+def _prefix() -> str:
+    return f"[rank {get_rank()}] " if get_world_size() > 1 else ""
+
+
 def run_stage(stage: Callable[[], T]) -> T:
     """Run an entry point's body.
 
     A `UserError` (bad flags, configs, checkpoints, data, missing weights) prints `error: <message>` (prefixed with
-    the rank when several run) and exits with code 2, without a traceback; anything else is a bug and keeps its
-    traceback. The process group is torn down either way.
+    the rank when several run) and exits with code 2, without a traceback; Ctrl-C prints one line and exits with
+    code 130 (everything written so far is complete: writes are atomic, and a rerun resumes); anything else is a bug
+    and keeps its traceback. The process group is torn down either way.
     """
     try:
         result = stage()
     except UserError as err:
-        prefix = f"[rank {get_rank()}] " if get_world_size() > 1 else ""
-        print(f"{prefix}error: {err}", file=sys.stderr)
+        print(f"{_prefix()}error: {err}", file=sys.stderr)
         cleanup(synchronize=False)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{_prefix()}interrupted: what was written so far is complete; run the same command again to resume",
+              file=sys.stderr)
+        cleanup(synchronize=False)
+        raise SystemExit(130) from None
     except BaseException:
         cleanup(synchronize=False)
         raise

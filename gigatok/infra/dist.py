@@ -8,7 +8,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +76,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         tune_cpu_allocator()  # large CPU activations: reuse freed heap blocks instead of fresh page-faulting mmaps
     if not launched:
         return DistInfo(0, 1, 0, torch_device)
+    exit_with_parent()
     if not dist.is_initialized():
         if torch_device.type == "cuda":
             torch.cuda.set_device(torch_device)  # before NCCL init, so each rank talks from its own GPU
@@ -80,6 +84,29 @@ def init_distributed(device: str = "auto") -> DistInfo:
         else:
             dist.init_process_group("gloo")
     return DistInfo(rank, world_size, local_rank, torch_device)
+
+
+def exit_with_parent(poll_seconds: float = 0.5) -> None:
+    """End this process when its parent (the torchrun agent) is gone.
+
+    torchrun starts its workers in their own session, so a `kill -9` of the launch script's process group leaves them
+    running: they would keep training and writing checkpoints, and the documented recovery (run the same command
+    again) would put two trainers on one run folder. A daemon thread notices the re-parenting within `poll_seconds`
+    and SIGKILLs this process (writes are atomic: nothing half-written is ever read). Polling instead of
+    PR_SET_PDEATHSIG, which fires when the parent *thread* that spawned us exits, not the parent process.
+    """
+    parent = os.getppid()
+    if parent == 1 or getattr(exit_with_parent, "_started", False):
+        return
+    exit_with_parent._started = True  # type: ignore[attr-defined]
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="gigatok-exit-with-parent", daemon=True).start()
 
 
 def get_rank() -> int:

@@ -46,7 +46,7 @@ from gigatok.errors import UserError
 from gigatok.gpt.model import GPT
 from gigatok.infra import states as st
 from gigatok.infra.cli import run_stage
-from gigatok.infra.dist import init_distributed, setup_logging
+from gigatok.infra.dist import DistInfo, init_distributed, setup_logging
 from gigatok.infra.ema import EMA
 from gigatok.infra.logging import (
     MetricsLogger,
@@ -56,7 +56,7 @@ from gigatok.infra.logging import (
 )
 from gigatok.infra.optim import build_adamw
 from gigatok.infra.parallel import optimizer_format, parallelize
-from gigatok.infra.run_dir import write_run_config
+from gigatok.infra.run_dir import run_dir_lock, write_run_config
 from gigatok.infra.run_state import CheckpointManager, Retention, find_latest_checkpoint
 from gigatok.infra.runtime import build_loader, resolve_precision, seed_everything
 from gigatok.infra.schedules import build_lr_schedule, set_lr
@@ -155,14 +155,12 @@ def describe_run(config: GPTTrainConfig, derived: dict, dataset: CodeDataset, nu
                 f"{t.weight_decay} on >=2-D params, betas ({t.beta1}, {t.beta2}), clip {t.max_grad_norm}, EMA {t.ema}")
 
 
-def train(config: GPTTrainConfig, run_dir: Path, device_name: str = "auto", report: list[str] = ()) -> Path:
+def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: list[str] = ()) -> Path:
     """The AR training stage; returns the run directory."""
-    check_config(config)
     t = config.trainer
     stop_step = min(t.iterations, t.early_stop_iter or t.iterations)
 
-    # -- Setup: distributed, logging, precision.
-    dist_info = init_distributed(device_name)
+    # -- Setup: logging, precision.
     device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
     setup_logging(run_dir)
     for line in report:
@@ -327,7 +325,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def stage() -> None:
         config, report = resolve_config(GPTTrainConfig, args.config, given_flags(args, table), overrides)
-        train(config, Path(args.save_path) / args.sub_exp_dir, args.device, report)
+        check_config(config)
+        dist_info = init_distributed(args.device)
+        run_dir = Path(args.save_path) / args.sub_exp_dir
+        with run_dir_lock(run_dir):  # one trainer per run folder
+            train(config, run_dir, dist_info, report)
 
     run_stage(stage)
 

@@ -71,7 +71,7 @@ from gigatok.infra.parallel import (
     parallelize,
     set_cnn_memory_format,
 )
-from gigatok.infra.run_dir import config_changes, write_run_config
+from gigatok.infra.run_dir import config_changes, run_dir_lock, write_run_config
 from gigatok.infra.run_state import (
     CheckpointManager,
     Retention,
@@ -471,8 +471,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.sub_exp_dir:
             raise UserError("pass --sub-exp-dir NAME: the run directory is <--save-path>/<NAME>, and rerunning the "
                             "same command resumes it")
-        train(config, Path(args.save_path) / args.sub_exp_dir, dist_info, vq_ckpt=args.vq_ckpt,
-              finetune=args.finetune, report=report)
+        run_dir = Path(args.save_path) / args.sub_exp_dir
+        with run_dir_lock(run_dir):  # one trainer per run folder
+            train(config, run_dir, dist_info, vq_ckpt=args.vq_ckpt, finetune=args.finetune, report=report)
 
     run_stage(stage)
 

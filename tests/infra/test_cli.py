@@ -67,3 +67,26 @@ def test_a_user_error_raised_anywhere_is_one_line(group, capsys):
     with pytest.raises(SystemExit) as info:
         run_stage(stage)
     assert info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(group, capsys):
+    def stage():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as info:
+        run_stage(stage)
+    err = capsys.readouterr().err
+    assert info.value.code == 130 and "Traceback" not in err and err.count("\n") == 1
+    assert "run the same command again to resume" in err
+    assert not dist.is_initialized()
+
+
+def test_the_launcher_names_a_sigkilled_worker_and_its_likely_cause():
+    from gigatok.infra.launch import describe_failure
+
+    line, code = describe_failure([0, 1], [-9])
+    assert code == 137 and "killed by SIGKILL" in line and "out-of-memory killer" in line and "[0, 1]" in line
+    line, code = describe_failure([1], [-15])
+    assert code == 143 and "SIGTERM" in line and "out-of-memory" not in line
+    line, code = describe_failure([0], [2])
+    assert code == 2 and "exit code [2]" in line

@@ -392,3 +392,70 @@ def test_a_failed_rerun_leaves_the_runs_config_alone(photos, tmp_path, capsys):
     main(["--model-config", str(CONFIG), "--iterations", "2", *args])  # a longer schedule: the run changes
     assert (tmp_path / "run" / "config.0000001.yaml").read_text() == saved
     assert load_config(tmp_path / "run" / "config.yaml").trainer.iterations == 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launch_script_leaves_no_trainer_and_the_rerun_resumes_exactly(photos, tmp_path):
+    """kill -9 of scripts/train_vq.sh's whole process group: the torchrun worker (its own session) dies with its
+    launcher instead of training on, and the same command resumes exactly where the last checkpoint was."""
+    args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--iterations",
+            "6", "--global-batch-size", "2", "--log-every", "1", "--ckpt-every", "2", "--disc-start", "100",
+            "--trainer.deterministic=true", *TEST_FLAGS]
+    main([*args, "--sub-exp-dir", "reference"])
+    env = subprocess_env(gpus="1", PORT=str(free_port()), TORCH_RUN_PATH=f"{sys.executable} -m gigatok.infra.launch")
+    run = tmp_path / "killed"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(["bash", str(REPO / "scripts" / "train_vq.sh"), *args, "--sub-exp-dir", "killed"],
+                                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        while not (run / "checkpoints" / "0000002.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # the script, torchrun and its agent: everything in the group
+        proc.wait()
+    worker = int((run / ".lock").read_text().split()[1])  # "pid N on host, started ..." of the live trainer
+    deadline = time.time() + 10
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "the torchrun worker outlived its launcher"
+    steps_at_death = checkpoint_steps(run)
+    time.sleep(1.0)
+    assert checkpoint_steps(run) == steps_at_death and max(steps_at_death) < 6  # nothing trains on
+    launcher("train_vq.sh", 1, *args, "--sub-exp-dir", "killed", log=tmp_path / "second.log")
+    assert f"at step {max(steps_at_death)}" in (tmp_path / "second.log").read_text()
+    reference, resumed = read_metrics(tmp_path / "reference"), read_metrics(run)
+    assert sorted(resumed) == sorted(reference) == list(range(1, 7))
+    for step in range(1, 7):
+        assert_same_metrics(reference[step], resumed[step])
+
+
+def test_a_second_trainer_on_a_live_run_folder_stops_naming_the_first(photos, tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from gigatok.infra.run_dir import run_dir_lock\n"
+        f"with run_dir_lock({str(run)!r}):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n")], env=subprocess_env(), cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as info:
+            main(["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path),
+                  "--sub-exp-dir", "run", "--iterations", "1", "--global-batch-size", "2", *TEST_FLAGS])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "Traceback" not in err
+        assert f"in use by another trainer (pid {holder.pid} on" in err
+        assert not (run / "config.yaml").exists() and not (run / "checkpoints").exists()  # nothing was written
+    finally:
+        holder.kill()
+        holder.wait()
+    main(["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--sub-exp-dir",
+          "run", "--iterations", "1", "--global-batch-size", "2", *TEST_FLAGS])  # the kernel released the lock
+    assert checkpoint_steps(run) == [1]
