@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from gigatok.errors import UserError
 from gigatok.infra.dist import get_world_size, is_main_process, setup_logging
 from gigatok.infra.io import write_text_atomic
 
@@ -207,6 +208,11 @@ def _fmt(value: Any) -> str:
     return "nan" if value is None else str(value)
 
 
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss stayed non-finite for too many steps in a row: the run stops (the trainer adds which checkpoint to
+    go back to)."""
+
+
 class NonFiniteGuard:
     """Skip optimizer steps whose loss is NaN/inf; stop with a clear error after too many in a row.
 
@@ -219,6 +225,7 @@ class NonFiniteGuard:
     Attributes:
         num_skipped: total skipped steps (log it, e.g. as `train/skipped_steps`).
         consecutive: current run of skipped steps.
+        streak_start: the step the current run of skipped steps began at (None when the last step was finite).
     """
 
     def __init__(self, max_consecutive: int = 10) -> None:
@@ -227,12 +234,13 @@ class NonFiniteGuard:
         self.max_consecutive = max_consecutive
         self.num_skipped = 0
         self.consecutive = 0
+        self.streak_start: int | None = None
 
     def check(self, loss: torch.Tensor | float, step: int | None = None) -> bool:
         """True if this step must be skipped (loss not finite on some rank); call on every rank, before backward.
 
         Raises:
-            RuntimeError: after more than `max_consecutive` non-finite steps in a row.
+            TrainingDivergedError: after more than `max_consecutive` non-finite steps in a row.
         """
         if isinstance(loss, torch.Tensor):
             bad = (~torch.isfinite(loss.detach())).any().to(torch.float32)
@@ -243,24 +251,27 @@ class NonFiniteGuard:
                 bad = bad.cuda()
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if not bool(bad.item()):
-            self.consecutive = 0
+            self.consecutive, self.streak_start = 0, None
             return False
+        if self.consecutive == 0:
+            self.streak_start = step
         self.num_skipped += 1
         self.consecutive += 1
         where = f"step {step}" if step is not None else "this step"
         if self.consecutive > self.max_consecutive:
-            raise RuntimeError(
+            raise TrainingDivergedError(
                 f"the loss was NaN/inf for {self.consecutive} consecutive steps (at {where}; {self.num_skipped} "
                 "steps skipped in total). Training is diverging. Try: a lower learning rate or a longer warm-up, "
                 "bf16 instead of fp16 mixed precision (fp16 overflows), a smaller max_grad_norm, and check the data "
-                "for corrupt samples. Resume from the last checkpoint after changing the config.")
+                "for corrupt samples.")
         logger.warning("non-finite loss at %s: skipping the update (%d in a row, %d skipped in total)",
                        where, self.consecutive, self.num_skipped)
         return True
 
-    def state_dict(self) -> dict[str, int]:
-        return {"num_skipped": self.num_skipped, "consecutive": self.consecutive}
+    def state_dict(self) -> dict[str, int | None]:
+        return {"num_skipped": self.num_skipped, "consecutive": self.consecutive, "streak_start": self.streak_start}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.num_skipped = int(state.get("num_skipped", 0))
         self.consecutive = int(state.get("consecutive", 0))
+        self.streak_start = state.get("streak_start")

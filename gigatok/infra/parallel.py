@@ -125,6 +125,18 @@ def grad_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
+def params_finite(module: nn.Module) -> bool:
+    """Whether every parameter of the model is finite on every rank (COLLECTIVE under a process group: each rank
+    checks its own tensors or FSDP2 shards, then one all-reduce)."""
+    ok = all(bool(torch.isfinite(getattr(p, "_local_tensor", p)).all()) for p in unwrap(module).parameters())
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        device = next(unwrap(module).parameters()).device
+        flag = torch.tensor(float(ok), device=device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = bool(flag.item())
+    return ok
+
+
 def local_norm(value: torch.Tensor) -> torch.Tensor:
     """A gradient norm as a plain tensor (FSDP2's `clip_grad_norm_` returns a DTensor)."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value

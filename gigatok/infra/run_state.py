@@ -36,13 +36,14 @@ import logging
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from gigatok.errors import UserError
 from gigatok.infra.checkpoint import CheckpointError, read_checkpoint
 from gigatok.infra.dist import (
     all_gather_objects,
@@ -51,7 +52,11 @@ from gigatok.infra.dist import (
     get_world_size,
     is_main_process,
 )
-from gigatok.infra.io import remove_stale_temporaries, torch_save_atomic
+from gigatok.infra.io import (
+    remove_stale_temporaries,
+    torch_save_atomic,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +183,17 @@ def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def find_latest_checkpoint(run_dir: str | os.PathLike, max_step: int | None = None) -> Path | None:
+def find_latest_checkpoint(run_dir: str | os.PathLike, max_step: int | None = None,
+                           quarantine: bool = False) -> Path | None:
     """The newest readable checkpoint of a run (at most `max_step`), or None.
 
     Looks in `{run_dir}/checkpoints` (or in `run_dir` itself if it has no such sub-folder). `.tmp` leftovers of
     an interrupted write are never considered; a file that cannot be opened (truncated, corrupt) is skipped
     with a warning and the previous one is tried. Opening is cheap: files are memory-mapped, not read.
+
+    Args:
+        quarantine: a trainer resuming: move an unreadable file to `checkpoints/bad/` (rank 0), with a note of why
+            beside it, so that it is neither retried on every resume nor taken for the newest one by the pruning.
     """
     ckpt_dir = checkpoint_dir(run_dir)
     if not ckpt_dir.is_dir():
@@ -197,10 +207,58 @@ def find_latest_checkpoint(run_dir: str | os.PathLike, max_step: int | None = No
                 raise CheckpointError(f"'{path}' has no 'step'/'steps' entry")
         except CheckpointError as err:
             logger.warning("skipping unreadable checkpoint %s (%s); trying the previous one", path, err)
+            if quarantine and is_main_process() and path.is_file():
+                _set_aside(path, ckpt_dir / "bad", f"unreadable when resuming: {err}")
             continue
         del ckpt
         return path
     return None
+
+
+def _set_aside(path: Path, folder: Path, why: str) -> Path:
+    """Move a checkpoint out of the run's listing into `folder`, with `<name>.why.txt` saying why (nothing is
+    deleted: the user decides)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    path.rename(target)  # same folder tree: a rename, nothing is copied or rewritten
+    write_text_atomic(folder / f"{path.name}.why.txt", why + "\n")
+    logger.warning("moved %s to %s (%s)", path, target, why.splitlines()[0])
+    return target
+
+
+def resume_from_step(run_dirs: list[Path], step: int) -> None:
+    """`--resume-from STEP`: set aside (into `checkpoints/abandoned/`) every checkpoint newer than `step` in these
+    folders, so that the newest one left is STEP's (0: none, the run starts over). COLLECTIVE (rank 0 moves; all
+    meet after).
+
+    Raises:
+        UserError: `step` > 0 has no checkpoint in any of the folders.
+    """
+    found = {s for d in run_dirs for s, _ in list_checkpoints(checkpoint_dir(d))}
+    if step < 0 or (step > 0 and step not in found):
+        raise UserError(f"--resume-from {step}: no checkpoint of step {step} in {[str(d) for d in run_dirs]} (steps "
+                        f"there: {sorted(found) or 'none'}; 0 starts the run over)")
+    if is_main_process():
+        for run_dir in run_dirs:
+            for s, path in list_checkpoints(checkpoint_dir(run_dir)):
+                if s > step:
+                    _set_aside(path, checkpoint_dir(run_dir) / "abandoned",
+                               f"newer than --resume-from {step}: set aside when the run went back to step {step}")
+    barrier()
+
+
+def divergence_advice(run_dirs: list[Path], first_bad_step: int) -> str:
+    """What to do after a divergence whose non-finite streak started at `first_bad_step`: the checkpoints written
+    before it, newest first, and the flag that goes back to one."""
+    before = sorted((s for d in run_dirs for s, _ in list_checkpoints(checkpoint_dir(d)) if s < first_bad_step),
+                    reverse=True)
+    if not before:
+        return ("No checkpoint was written before the divergence: change the settings and start over "
+                "(--resume-from 0).")
+    others = f"; earlier ones: {before[1:6]}" if len(before) > 1 else ""
+    return (f"The last checkpoint before the first skipped step is step {before[0]}{others}. It may already hold "
+            f"diverging weights: after changing the settings, rerun with --resume-from {before[0]} (or an earlier "
+            "step) to continue from there; newer checkpoints are set aside, not deleted.")
 
 
 def load_training_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -308,10 +366,13 @@ class CheckpointManager:
         states: entry name -> `State`, in restore order. Dotted names ("extra.guard") live inside "extra".
         config: the resolved run config (saved in every checkpoint).
         retention: pruning policy applied after each save.
+        health: called on every rank before a save (a collective if it needs one): a reason not to save (e.g.
+            non-finite weights, or steps just skipped for a non-finite loss), or None. A refused save writes nothing
+            and logs the reason: a checkpoint is never made of weights the run could not resume from.
     """
 
     def __init__(self, run_dir: str | os.PathLike, states: Mapping[str, State], config: Any = None,
-                 retention: Retention = Retention()) -> None:
+                 retention: Retention = Retention(), health: Callable[[], str | None] | None = None) -> None:
         bad = sorted(set(states) & _RESERVED)
         if bad:
             raise ValueError(f"checkpoint entries {bad} are written by the manager itself")
@@ -319,13 +380,20 @@ class CheckpointManager:
         self.states = dict(states)
         self.config = None if config is None else plain_config(config)
         self.retention = retention
+        self.health = health
 
-    def save(self, step: int, run_dir: str | os.PathLike | None = None) -> Path:
+    def save(self, step: int, run_dir: str | os.PathLike | None = None) -> Path | None:
         """Write `{run_dir}/checkpoints/{step:07d}.pt` atomically, then prune. COLLECTIVE: every rank calls it at the
         same step; only rank 0 writes; all meet at a barrier after, so nobody reads or prunes a file being written.
 
         Call it at the end of step `step` (after the optimizer/EMA updates): resuming then starts step `step`.
+
+        Returns:
+            The checkpoint path, or None when the health check refused the save.
         """
+        if self.health is not None and (reason := self.health()) is not None:
+            logger.warning("not saving a checkpoint at step %d: %s", step, reason)
+            return None
         run_dir = self.run_dir if run_dir is None else Path(run_dir)
         path = checkpoint_path(run_dir, step)
         entries = {name: state.save() for name, state in self.states.items()}  # collective for FSDP2 states

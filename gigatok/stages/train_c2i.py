@@ -51,13 +51,20 @@ from gigatok.infra.ema import EMA
 from gigatok.infra.logging import (
     MetricsLogger,
     NonFiniteGuard,
+    TrainingDivergedError,
     reduce_metrics,
     truncate_metrics,
 )
 from gigatok.infra.optim import build_adamw
-from gigatok.infra.parallel import optimizer_format, parallelize
+from gigatok.infra.parallel import optimizer_format, parallelize, params_finite
 from gigatok.infra.run_dir import run_dir_lock, write_run_config
-from gigatok.infra.run_state import CheckpointManager, Retention, find_latest_checkpoint
+from gigatok.infra.run_state import (
+    CheckpointManager,
+    Retention,
+    divergence_advice,
+    find_latest_checkpoint,
+    resume_from_step,
+)
 from gigatok.infra.runtime import build_loader, resolve_precision, seed_everything
 from gigatok.infra.schedules import build_lr_schedule, set_lr
 
@@ -75,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--save-path", type=str, default="results/gpt")
     parser.add_argument("--sub-exp-dir", type=str, required=True, help="run folder name under --save-path")
     parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--resume-from", type=int, default=None, metavar="STEP",
+                        help="resume from this step's checkpoint of the run (e.g. before a divergence; 0: start over); "
+                             "newer checkpoints are set aside in checkpoints/abandoned/")
     table: dict[str, str] = {}
     for section in SECTIONS:
         table.update(add_config_flags(parser.add_argument_group(f"{section} (config section '{section}')"),
@@ -136,6 +146,16 @@ class Phases:
         return self.cd_dir if self.hold is not None and step > self.hold else self.run_dir
 
 
+def unhealthy(model: torch.nn.Module, guard: NonFiniteGuard) -> str | None:
+    """Why the current weights must not become a checkpoint (None: they may). COLLECTIVE."""
+    if guard.consecutive:
+        return (f"the last {guard.consecutive} step(s) had a non-finite loss and were skipped; the weights may be "
+                "diverging")
+    if not params_finite(model):
+        return "the weights hold NaN/inf"
+    return None
+
+
 def describe_run(config: GPTTrainConfig, derived: dict, dataset: CodeDataset, num_params: int,
                  device: torch.device, run_dir: Path) -> None:
     """Print every derived quantity of the run at startup."""
@@ -155,7 +175,8 @@ def describe_run(config: GPTTrainConfig, derived: dict, dataset: CodeDataset, nu
                 f"{t.weight_decay} on >=2-D params, betas ({t.beta1}, {t.beta2}), clip {t.max_grad_norm}, EMA {t.ema}")
 
 
-def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: list[str] = ()) -> Path:
+def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: list[str] = (),
+          resume_from: int | None = None) -> Path:
     """The AR training stage; returns the run directory."""
     t = config.trainer
     stop_step = min(t.iterations, t.early_stop_iter or t.iterations)
@@ -225,9 +246,13 @@ def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: li
               "extra.log_sums": st.ValueState(lambda: dict(loop.log_sums), lambda value: setattr(loop, "log_sums",
                                                                                               dict(value)))}
     manager = CheckpointManager(run_dir, {k: v for k, v in entries.items() if v is not None}, to_dict(config),
-                                Retention(t.keep_last, t.milestone_step, t.milestone_start, t.max_milestone_num))
-    resume_path = (find_latest_checkpoint(cd_dir) if cd_dir is not None else None) or \
-        find_latest_checkpoint(run_dir, max_step=hold)
+                                Retention(t.keep_last, t.milestone_step, t.milestone_start, t.max_milestone_num),
+                                health=lambda: unhealthy(model, guard))
+    folders = [run_dir, *([cd_dir] if cd_dir is not None else [])]
+    if resume_from is not None:
+        resume_from_step(folders, resume_from)
+    resume_path = (find_latest_checkpoint(cd_dir, quarantine=True) if cd_dir is not None else None) or \
+        find_latest_checkpoint(run_dir, max_step=hold, quarantine=True)
     step = manager.restore(resume_path) if resume_path is not None else 0
     write_run_config(run_dir, to_yaml(config), step)
     for folder in (run_dir, cd_dir):
@@ -242,7 +267,10 @@ def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: li
     # -- Train.
     parts = GPTParts(model, optimizer, scaler, ema, guard, loop, lr_at, amp_dtype, device)
     phases = Phases(run_dir, cd_dir, hold, stop_step)
-    step = train_loop(config, parts, manager, loader, sampler, dataset, phases, step)
+    try:
+        step = train_loop(config, parts, manager, loader, sampler, dataset, phases, step)
+    except TrainingDivergedError as err:
+        raise TrainingDivergedError(f"{err} {divergence_advice(folders, guard.streak_start)}") from None
     logger.info(f"done at step {step}")
     return run_dir
 
@@ -329,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         dist_info = init_distributed(args.device)
         run_dir = Path(args.save_path) / args.sub_exp_dir
         with run_dir_lock(run_dir):  # one trainer per run folder
-            train(config, run_dir, dist_info, report)
+            train(config, run_dir, dist_info, report, args.resume_from)
 
     run_stage(stage)
 

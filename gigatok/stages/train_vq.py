@@ -60,6 +60,7 @@ from gigatok.infra.logging import (
     WANDB_MODES,
     MetricsLogger,
     NonFiniteGuard,
+    TrainingDivergedError,
     reduce_metrics,
     truncate_metrics,
 )
@@ -69,6 +70,7 @@ from gigatok.infra.parallel import (
     cnn_channels_last_for_training,
     optimizer_format,
     parallelize,
+    params_finite,
     set_cnn_memory_format,
 )
 from gigatok.infra.run_dir import config_changes, run_dir_lock, write_run_config
@@ -76,8 +78,10 @@ from gigatok.infra.run_state import (
     CheckpointManager,
     Retention,
     checkpoint_dir,
+    divergence_advice,
     find_latest_checkpoint,
     load_training_checkpoint,
+    resume_from_step,
 )
 from gigatok.infra.runtime import build_loader, resolve_precision, seed_everything
 from gigatok.infra.schedules import SCHEDULES, build_lr_schedule
@@ -122,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--sub-exp-dir", type=str, default=None, help="run name; the run dir is <save-path>/<sub-exp-dir>")
     p.add_argument("--vq-ckpt", type=str_or_none, default=None, help="start from this checkpoint (resume its state)")
     p.add_argument("--finetune", action="store_true", help="with --vq-ckpt: take only its weights, start at step 0")
+    p.add_argument("--resume-from", type=int, default=None, metavar="STEP",
+                   help="resume from this step's checkpoint of the run (e.g. before a divergence; 0: start over); "
+                        "newer checkpoints are set aside in checkpoints/abandoned/")
     p.add_argument("--ema", action="store_true", help="keep an EMA of the weights (decay trainer.ema_decay)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--dataset", type=str, default=None, help="imagenet (an image folder; the only choice here)")
@@ -328,7 +335,19 @@ def checkpoint_manager(config: VQConfig, run_dir: Path, parts: StepParts, sample
                                      set_lecam),
     }
     retention = Retention(t.keep_last, t.milestone_step, t.milestone_start, t.max_milestone_num)
-    return CheckpointManager(run_dir, {k: v for k, v in entries.items() if v is not None}, to_dict(config), retention)
+    return CheckpointManager(run_dir, {k: v for k, v in entries.items() if v is not None}, to_dict(config), retention,
+                             health=lambda: unhealthy(parts.model, parts.guard, parts.guard_disc))
+
+
+def unhealthy(model: nn.Module, *guards: NonFiniteGuard) -> str | None:
+    """Why the current weights must not become a checkpoint (None: they may): steps just skipped for a non-finite
+    loss, or non-finite weights. COLLECTIVE (all ranks call it at the same step)."""
+    skipped = max(guard.consecutive for guard in guards)
+    if skipped:
+        return f"the last {skipped} step(s) had a non-finite loss and were skipped; the weights may be diverging"
+    if not params_finite(model):
+        return "the weights hold NaN/inf"
+    return None
 
 
 def build_tokenizer_and_loss(config: VQConfig, device: torch.device) -> tuple[nn.Module, TokenizerLoss]:
@@ -354,7 +373,7 @@ def build_tokenizer_and_loss(config: VQConfig, device: torch.device) -> tuple[nn
 
 
 def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str | None = None,
-          finetune: bool = False, report: list[str] = ()) -> int:
+          finetune: bool = False, resume_from: int | None = None, report: list[str] = ()) -> int:
     """The training stage; returns the last step reached."""
     # -- Setup: the plan, logging, per-rank seeds (official: drawn before the model is built), precision.
     t, device, world = config.trainer, dist_info.device, dist_info.world_size
@@ -385,7 +404,9 @@ def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str 
     # weights at step 0). Only a resume that loaded cleanly may write the run's config.yaml.
     counters = Counters()
     manager = checkpoint_manager(config, run_dir, parts, sampler, steps_per_epoch, counters)
-    latest = find_latest_checkpoint(run_dir)
+    if resume_from is not None:
+        resume_from_step([run_dir], resume_from)
+    latest = find_latest_checkpoint(run_dir, quarantine=True)
     source = latest or (Path(vq_ckpt) if vq_ckpt else None)
     resume = source is not None and (latest is not None or not finetune)
     step = 0
@@ -401,7 +422,11 @@ def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str 
     start = (f"resuming from {source} at step {step:,} (epoch {sampler.epoch}, position {sampler.position})"
              if resume else f"fine-tuning the weights of {source} from step 0" if source else "from scratch")
     log_plan(config, plan, run_dir, device, dataset, steps_per_epoch, loader.num_workers, params, start)
-    step = train_loop(config, plan, parts, manager, loader, sampler, dataset, counters, run_dir, step)
+    try:
+        step = train_loop(config, plan, parts, manager, loader, sampler, dataset, counters, run_dir, step)
+    except TrainingDivergedError as err:
+        first_bad = min(s for s in (parts.guard.streak_start, parts.guard_disc.streak_start) if s is not None)
+        raise TrainingDivergedError(f"{err} {divergence_advice([run_dir], first_bad)}") from None
     logger.info(f"done at step {step:,}; checkpoints in {checkpoint_dir(run_dir)}")
     return step
 
@@ -473,7 +498,8 @@ def main(argv: list[str] | None = None) -> None:
                             "same command resumes it")
         run_dir = Path(args.save_path) / args.sub_exp_dir
         with run_dir_lock(run_dir):  # one trainer per run folder
-            train(config, run_dir, dist_info, vq_ckpt=args.vq_ckpt, finetune=args.finetune, report=report)
+            train(config, run_dir, dist_info, vq_ckpt=args.vq_ckpt, finetune=args.finetune,
+                  resume_from=args.resume_from, report=report)
 
     run_stage(stage)
 

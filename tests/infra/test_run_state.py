@@ -326,3 +326,34 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_removes_the_partial_file(
     monkeypatch.setattr(torch, "save", real_save)
     assert save_training_checkpoint(tmp_path, 300, model=model).is_file()  # once space is free, it works
     assert find_latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 300)
+
+
+def test_unreadable_checkpoints_are_set_aside_once_and_resume_from_goes_back(tmp_path, caplog):
+    from gigatok.errors import UserError
+    from gigatok.infra.run_state import divergence_advice, resume_from_step
+
+    model = Net()
+    for step in (10, 20, 30):
+        save_training_checkpoint(tmp_path, step, model=model)
+    ckpt_dir = tmp_path / "checkpoints"
+    (ckpt_dir / "0000040.pt").write_bytes(b"PK\x03\x04 cut short")
+    assert find_latest_checkpoint(tmp_path, quarantine=True) == ckpt_dir / "0000030.pt"
+    assert (ckpt_dir / "bad" / "0000040.pt").is_file() and "unreadable" in (ckpt_dir / "bad" / "0000040.pt.why.txt"
+                                                                           ).read_text()
+    assert [s for s, _ in list_checkpoints(ckpt_dir)] == [10, 20, 30]  # not retried (and warned about) every resume
+    with pytest.raises(UserError, match="no checkpoint of step 25"):
+        resume_from_step([tmp_path], 25)
+    resume_from_step([tmp_path], 10)
+    assert [s for s, _ in list_checkpoints(ckpt_dir)] == [10]
+    assert sorted(p.name for p in (ckpt_dir / "abandoned").glob("*.pt")) == ["0000020.pt", "0000030.pt"]
+    assert "step 10" in divergence_advice([tmp_path], first_bad_step=12) and "--resume-from 10" in divergence_advice(
+        [tmp_path], first_bad_step=12)
+    assert "--resume-from 0" in divergence_advice([tmp_path], first_bad_step=5)
+
+
+def test_a_refused_save_writes_nothing(tmp_path):
+    manager = _manager(tmp_path, model=Net())
+    manager.health = lambda: "the weights hold NaN/inf"
+    assert manager.save(5) is None and list_checkpoints(tmp_path / "checkpoints") == []
+    manager.health = lambda: None
+    assert manager.save(5) == checkpoint_path(tmp_path, 5)

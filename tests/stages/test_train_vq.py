@@ -244,12 +244,27 @@ def test_user_errors_exit_2_with_a_message(argv, message, photos, tmp_path, caps
     assert message in err and "Traceback" not in err
 
 
-def test_non_finite_losses_are_skipped_then_stop_the_run(photos, tmp_path, capsys):
-    with pytest.raises(RuntimeError, match="NaN/inf for 3 consecutive steps"):
-        main(["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--sub-exp-dir",
-              "nan", "--iterations", "10", "--global-batch-size", "4", "--perceptual-weight", "0",
-              "--trainer.distill_loss=false", "--trainer.lr=1e6", "--trainer.max_consecutive_nonfinite=2", *TEST_FLAGS])
-    assert "skipping the update (2 in a row, 2 skipped in total)" in capsys.readouterr().err
+def test_a_divergence_stops_with_one_line_naming_where_to_go_back_to(photos, tmp_path, capsys):
+    """lr 1e6: the first update blows the weights up, the following losses are NaN/inf and are skipped, and the run
+    stops with one line naming the checkpoint written before the first skipped step; --resume-from 0 (with a sane lr)
+    then starts over, with the suspect checkpoint set aside, not deleted."""
+    args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--sub-exp-dir",
+            "nan", "--iterations", "10", "--global-batch-size", "4", "--perceptual-weight", "0", "--ckpt-every", "1",
+            "--trainer.distill_loss=false", "--trainer.max_consecutive_nonfinite=2", *TEST_FLAGS]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--trainer.lr=1e6"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert "skipping the update (2 in a row, 2 skipped in total)" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: the loss was NaN/inf for 3 consecutive steps")
+    assert "The last checkpoint before the first skipped step is step 1" in last and "--resume-from 1" in last
+    assert checkpoint_steps(tmp_path / "nan") == [1]  # nothing was saved once the losses went non-finite
+    main([*args, "--trainer.lr=1e-4", "--iterations", "2", "--resume-from", "0"])
+    assert checkpoint_steps(tmp_path / "nan") == [1, 2]
+    assert (tmp_path / "nan" / "checkpoints" / "abandoned" / "0000001.pt").is_file()
+    assert "--resume-from 0" in (tmp_path / "nan" / "checkpoints" / "abandoned" / "0000001.pt.why.txt").read_text()
+    assert load_training_checkpoint(tmp_path / "nan" / "checkpoints" / "0000002.pt")["config"]["trainer"]["lr"] == 1e-4
 
 
 # -- exact resume after SIGKILL --------------------------------------------------------------------------------------
@@ -409,7 +424,9 @@ def test_kill_9_of_the_launch_script_leaves_no_trainer_and_the_rerun_resumes_exa
     args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--iterations",
             "6", "--global-batch-size", "2", "--log-every", "1", "--ckpt-every", "2", "--disc-start", "100",
             "--trainer.deterministic=true", *TEST_FLAGS]
-    main([*args, "--sub-exp-dir", "reference"])
+    with open(tmp_path / "reference.log", "w") as log:  # a process like the launched one (not this test's threads)
+        assert subprocess.run(cli(*args, "--sub-exp-dir", "reference"), env=subprocess_env(), cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=300).returncode == 0
     env = subprocess_env(gpus="1", PORT=str(free_port()), TORCH_RUN_PATH=f"{sys.executable} -m gigatok.infra.launch")
     run = tmp_path / "killed"
     with open(tmp_path / "first.log", "w") as log:
