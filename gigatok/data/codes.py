@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from gigatok.data.images import ImageDataError, list_image_files
+from gigatok.data.images import ImageDataError, decode_image, list_image_files
 from gigatok.data.transforms import center_crop_arr, to_tensor_normalized
 from gigatok.errors import UserError
 
@@ -133,14 +133,7 @@ class LabeledImageFolder(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ImageDataError(f"cannot decode image file '{path}' ({type(err).__name__}: {err}); remove or "
-                                 "convert it") from None
-        return self.transform(image), self.labels[index], index
+        return self.transform(decode_image(self.files[index])), self.labels[index], index
 
 
 def file_list_digest(files: list[Path], root: Path) -> str:

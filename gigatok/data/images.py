@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -39,6 +41,69 @@ class ImageDataError(UserError, ValueError):
         if message.startswith("Caught ") and marker in message:
             message = message.rsplit(marker, 1)[1].strip()
         super().__init__(message)
+
+
+class UnreadableImageError(ImageDataError):
+    """One image file that cannot be used (corrupt, truncated, over Pillow's size limit, an unsupported pixel
+    format); training replaces and counts it, the other readers name it."""
+
+
+# Pixel formats with more than 8 bits per channel: PIL's own convert("RGB") clips them (a 16-bit grayscale PNG became
+# near-white, a [0, 1] float TIFF black), so they are scaled to 8 bits here.
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_8bit(image: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit 'L': 16-bit values / 257; 32-bit integers whose
+    values fit 16 bits likewise (PIL reads 16-bit PNGs as 'I'), fitting 8 bits as they are; floats in [0, 1] x 255,
+    in [0, 255] as they are. Anything else is refused by name."""
+    array = np.asarray(image, dtype=np.float64)
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if not np.isfinite(array).all() or low < 0:
+        scale = None
+    elif image.mode == "F":
+        scale = 255.0 if high <= 1.0 else 1.0 if high <= 255.0 else None
+    elif image.mode.startswith("I;16") or high > 255:
+        scale = 1 / 257 if high <= 65535 else None
+    else:
+        scale = 1.0
+    if scale is None:
+        raise UnreadableImageError(
+            f"image file '{path}' has {image.mode!r} pixels with values in [{low:g}, {high:g}], which have no 8-bit "
+            "meaning here (expected 16-bit integers, or floats in [0, 1] or [0, 255]): convert it to an 8-bit PNG.")
+    return Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), mode="L")
+
+
+def decode_image(path: str | os.PathLike) -> Image.Image:
+    """THE image reader of every dataset: file -> 8-bit RGB PIL image (fully decoded).
+
+    8-bit formats convert as the official code does (`Image.open(path).convert("RGB")`: grayscale replicated, CMYK
+    by PIL's formula, alpha dropped; palette images with transparency go through RGBA so that PIL does not warn);
+    wider formats are scaled to 8 bits (`_to_8bit`). Decompression bombs (over `Image.MAX_IMAGE_PIXELS`) count as
+    unreadable like any broken file.
+
+    Raises:
+        UnreadableImageError: naming the file and why.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: refuse, don't decode
+            with Image.open(path) as image:
+                if image.mode in _WIDE_MODES:
+                    return _to_8bit(image, path).convert("RGB")
+                if image.mode == "P" and "transparency" in image.info:
+                    image = image.convert("RGBA")
+                return image.convert("RGB")  # convert() forces the full decode inside the try
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UnreadableImageError(f"image file '{path}' is too large to decode safely ({err}). Resize it, or raise "
+                                   "PIL.Image.MAX_IMAGE_PIXELS if you trust the data.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, UnreadableImageError):
+            raise
+        raise UnreadableImageError(
+            f"cannot decode image file '{path}' ({type(err).__name__}: {err}). The file is corrupt or not really an "
+            "image: remove it from the data folder or convert it to PNG/JPEG.") from None
 
 
 def _is_image(name: str) -> bool:
@@ -104,16 +169,8 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def load_image(self, index: int) -> Image.Image:
-        """Decode file `index` as an RGB PIL image, with a clear error for a broken file."""
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")  # convert() forces the full decode inside the try
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise ImageDataError(
-                f"cannot decode image file '{path}' ({type(err).__name__}: {err}). The file is corrupt or not "
-                "really an image: remove it from the data folder or convert it to PNG/JPEG."
-            ) from None
+        """Decode file `index` as an RGB PIL image (`decode_image`: a clear error for a broken file)."""
+        return decode_image(self.files[index])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.load_image(index)), index

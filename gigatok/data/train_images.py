@@ -32,10 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from gigatok.data.images import ImageDataError, list_image_files
+from gigatok.data.images import (
+    ImageDataError,
+    UnreadableImageError,
+    decode_image,
+    list_image_files,
+)
 from gigatok.data.transforms import random_crop_arr, to_tensor_normalized
 
 logger = logging.getLogger(__name__)
@@ -114,13 +119,12 @@ class TrainImageDataset(Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         try:
-            with Image.open(self.files[index]) as image:
-                rgb = image.convert("RGB")  # convert() forces the full decode inside the try
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            rgb = decode_image(self.files[index])
+        except UnreadableImageError as err:
             if index not in self._reported:
                 self._reported.add(index)
-                logger.warning(f"unreadable training image '{self.files[index]}' ({type(err).__name__}: {err}); "
-                               "replaced by another image (counted in train/corrupt_images)")
+                logger.warning(f"unreadable training image: {err} Replaced by another image (counted in "
+                               "train/corrupt_images).")
             return None
         size = rgb.width * rgb.height * 3
         if self._cache is not None and self._cache_bytes + size <= CACHE_MAX_BYTES:

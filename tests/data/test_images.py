@@ -98,3 +98,52 @@ def test_no_images_and_missing_folder_are_clear_errors(tmp_path):
         ImageFolderDataset(tmp_path)
     with pytest.raises(ImageDataError, match="data path not found"):
         ImageFolderDataset(tmp_path / "missing")
+
+
+# -- decoding: every reader goes through decode_image ------------------------------------------------------------------
+def test_wide_pixel_formats_are_scaled_to_8_bits_not_clipped(tmp_path):
+    from gigatok.data.images import decode_image
+
+    ramp = np.linspace(0, 1, 64 * 48).reshape(48, 64)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "gray16.png")  # PIL reads it as 'I' / 'I;16'
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(tmp_path / "float01.tiff")
+    Image.fromarray((ramp * 255).astype(np.float32), mode="F").save(tmp_path / "float255.tiff")
+    for name in ("gray16.png", "float01.tiff", "float255.tiff"):
+        rgb = np.asarray(decode_image(tmp_path / name))
+        assert rgb.dtype == np.uint8 and rgb.shape == (48, 64, 3), name
+        assert abs(rgb.mean() - 127.5) < 1.5 and rgb.min() == 0 and rgb.max() == 255, (name, rgb.mean())
+        np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])  # grayscale replicated
+    # The official conversion of the 8-bit formats is kept: grayscale, palette (with transparency), CMYK, RGBA.
+    rgb8 = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb8).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    Image.fromarray(rgb8).convert("RGBA").save(tmp_path / "rgba.png")
+    palette = Image.fromarray(rgb8).convert("P")
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "palette.png", transparency=0)
+    for name in ("cmyk.jpg", "rgba.png", "palette.png"):
+        with Image.open(tmp_path / name) as image:
+            np.testing.assert_array_equal(np.asarray(decode_image(tmp_path / name)),
+                                          np.asarray(image.convert("RGBA").convert("RGB")
+                                                     if name == "palette.png" else image.convert("RGB")))
+    Image.fromarray((ramp * 1e6).astype(np.int32), mode="I").save(tmp_path / "int32.tiff")
+    with pytest.raises(ImageDataError, match=r"int32.tiff' has 'I' pixels with values in \[0, 1e\+06\]"):
+        decode_image(tmp_path / "int32.tiff")
+
+
+def test_a_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):
+    from gigatok.data.images import UnreadableImageError, decode_image
+    from gigatok.data.train_images import TrainImageDataset
+
+    _write(tmp_path / "data" / "a" / "big.png", size=(64, 64))
+    _write(tmp_path / "data" / "a" / "small.png", size=(16, 16))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4096 pixels: over 2x the limit
+    with pytest.raises(UnreadableImageError, match="big.png' is too large to decode safely"):
+        decode_image(tmp_path / "data" / "a" / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # over 1x: PIL only warns; we refuse all the same
+    with pytest.raises(UnreadableImageError, match="too large"):
+        decode_image(tmp_path / "data" / "a" / "big.png")
+    dataset = TrainImageDataset(tmp_path / "data", 16, seed=0)
+    images, _, unreadable = dataset[dataset.files.index(tmp_path / "data" / "a" / "big.png")]
+    assert images.shape == (3, 16, 16) and unreadable == 1  # replaced by the other image and counted
+    with pytest.raises(ImageDataError, match="too large"):
+        ImageFolderDataset(tmp_path / "data", 16)[0]  # the evaluation readers name it
