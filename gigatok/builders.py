@@ -71,13 +71,22 @@ def build_tokenizer(config: VQConfig | str | os.PathLike, device: str | torch.de
         raise ConfigError(f"model.init_args: {err}") from None
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `.safetensors` file (our exports); a damaged file is a `CheckpointError` naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) for truncated or garbage files
+        raise CheckpointError(f"cannot read '{path}' ({type(err).__name__}: {err}): the file is truncated or not a "
+                              "safetensors file. Export it again (gigatok export) or download it again.") from None
+
+
 def read_tokenizer_weights(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     """State dict of a tokenizer checkpoint: `.safetensors` export, or a torch file with "ema"/"model"/"state_dict"."""
     path = resolve_checkpoint_path(checkpoint)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return read_safetensors(path)
     return extract_state_dict(read_checkpoint(path), prefer=("ema", "model", "state_dict"), source=str(path))
 
 
@@ -341,9 +350,7 @@ def load_gpt(checkpoint: str | os.PathLike | Mapping[str, Any], gpt_model: str |
     if isinstance(checkpoint, Mapping):
         ckpt = dict(checkpoint)
     elif str(checkpoint).endswith(".safetensors"):  # weights-only export (gigatok export --gpt-ckpt ...)
-        from safetensors.torch import load_file
-
-        ckpt = {"model": load_file(str(resolve_checkpoint_path(checkpoint)))}
+        ckpt = {"model": read_safetensors(resolve_checkpoint_path(checkpoint))}
     else:
         ckpt = read_checkpoint(checkpoint)
     prefer = ("ema", "model", "module", "state_dict") if use_ema else ("model", "module", "state_dict")

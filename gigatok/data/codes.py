@@ -186,6 +186,21 @@ def read_meta(code_path: str | os.PathLike) -> dict[str, Any] | None:
     return meta
 
 
+def load_integer_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """A `.npy` of integer codes or labels (memory-mapped with `mmap`); anything else is a `CodesError` naming the
+    file (pickled object arrays are never loaded)."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise CodesError(f"cannot read code file '{path}' ({type(err).__name__}: {err}): it is damaged or not a "
+                         "plain integer array. Re-run the extraction for it (gigatok extract_codes --resume after "
+                         "deleting the file and its progress marker).") from None
+    if not np.issubdtype(array.dtype, np.integer):
+        raise CodesError(f"code file '{path}' holds {array.dtype} values, not integer codes: it was not written by a "
+                         "code extraction. Re-extract the codes.")
+    return array
+
+
 def check_meta(meta: dict[str, Any], vocab_size: int | None, block_size: int | None) -> None:
     """Refuse codes that do not fit a GPT of vocabulary `vocab_size` and `block_size` codes per sample.
 
@@ -234,8 +249,8 @@ class _ShardSource:
     def _shard(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         if k not in self._maps:
             codes_name, labels_name = self.shards[k]["codes"], self.shards[k]["labels"]
-            self._maps[k] = (np.load(self.code_path / codes_name, mmap_mode="r"),
-                             np.load(self.code_path / labels_name, mmap_mode="r"))
+            self._maps[k] = (load_integer_array(self.code_path / codes_name, mmap=True),
+                             load_integer_array(self.code_path / labels_name, mmap=True))
         return self._maps[k]
 
     def item(self, index: int, view: int) -> tuple[np.ndarray, int]:
@@ -266,12 +281,12 @@ class _OfficialSource:
         self.num_aug, self.num_tokens = first.shape
 
     def _codes(self, position: int) -> np.ndarray:
-        codes = np.load(self.codes_dir / self.names[position])
+        codes = load_integer_array(self.codes_dir / self.names[position])
         return codes.reshape(-1, codes.shape[-1])  # (1, A, L) or (A, L) -> (A, L)
 
     def item(self, index: int, view: int) -> tuple[np.ndarray, int]:
         codes = self._codes(index)
-        label = np.load(self.labels_dir / self.names[index]).reshape(-1)[0]
+        label = load_integer_array(self.labels_dir / self.names[index]).reshape(-1)[0]
         return codes[view % codes.shape[0]], int(label)
 
 

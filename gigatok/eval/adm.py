@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ from gigatok.eval.inception import (
     load_inception,
 )
 from gigatok.eval.metrics import (
+    MIN_IMAGES,
+    PR_K,
+    TooFewImagesError,
     feature_statistics,
     frechet_distance,
     frechet_distance_from_features,
@@ -130,6 +134,11 @@ def evaluate_npz(ref_path: str | os.PathLike, sample_path: str | os.PathLike, *,
     if batch_size <= 0:
         raise EvaluatorError(f"batch size must be positive, got {batch_size}")
     ref_info, sample_info = npz_info(ref_path), npz_info(sample_path)
+    for path, info in ((sample_path, sample_info), (ref_path, ref_info)):
+        if info["count"] < MIN_IMAGES:
+            raise TooFewImagesError(f"'{path}' holds {info['count']} image(s); the ADM metrics need at least "
+                                    f"{MIN_IMAGES} per set (precision/recall take each image's {PR_K}rd nearest "
+                                    "neighbour). Evaluate more images.")
     resolved = resolve_purpose(purpose, sample_info, ref_info)
     warnings = check_pair(sample_info, ref_info, resolved)
     interpreter, weights_or_graph = check_evaluator(eval_python, inception_weights)  # fails before heavy work
@@ -262,8 +271,8 @@ def _read_cache(path: Path, key: str, logger: logging.Logger) -> dict[str, np.nd
                 logger.info(f"reference cache {path} is for other weights or an older reference; recomputing")
                 return None
             cached = {k: data[k] for k in data.files if k != "key"}
-    except (OSError, ValueError, KeyError) as err:
-        logger.warning(f"ignoring unreadable reference cache {path} ({err}); recomputing")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # truncated, garbage, half-written
+        logger.warning(f"ignoring unreadable reference cache {path} ({type(err).__name__}: {err}); recomputing")
         return None
     logger.info(f"reference activations/statistics read from the cache {path}")
     return cached

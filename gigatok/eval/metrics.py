@@ -52,6 +52,14 @@ class FrechetDistanceError(UserError, ValueError):
     """The Frechet distance cannot be computed (mismatched statistics or a clearly complex matrix square root)."""
 
 
+PR_K = 3  # precision/recall: the k-th nearest neighbour's distance is a point's radius (ADM)
+MIN_IMAGES = PR_K + 1  # fewest images per set the metrics are defined for
+
+
+class TooFewImagesError(UserError, ValueError):
+    """A set too small for the metrics (precision/recall need more than k = 3 images per set)."""
+
+
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of a feature set, as the ADM evaluator computes them.
 
@@ -190,7 +198,7 @@ def pairwise_sq_distances(u: torch.Tensor, v: torch.Tensor, use_fp16: bool = Tru
         return (norm_u[:, None] - 2 * (u @ v.T) + norm_v[None, :]).clamp_min_(0)
 
 
-def manifold_radii(features: torch.Tensor, k: int = 3, row_batch: int = 10000, col_batch: int = 10000,
+def manifold_radii(features: torch.Tensor, k: int = PR_K, row_batch: int = 10000, col_batch: int = 10000,
                    use_fp16: bool = True) -> torch.Tensor:
     """Distance of every point to its k-th nearest neighbour in its own set (the point itself is neighbour 0).
 
@@ -204,7 +212,7 @@ def manifold_radii(features: torch.Tensor, k: int = 3, row_batch: int = 10000, c
     """
     num = features.shape[0]
     if num <= k:
-        raise ValueError(f"precision/recall with k={k} need more than {k} images per set, got {num}")
+        raise TooFewImagesError(f"precision/recall with k={k} need more than {k} images per set, got {num}")
     radii = torch.empty(num, dtype=torch.float32, device=features.device)
     for r0 in range(0, num, row_batch):
         rows = features[r0:r0 + row_batch]

@@ -87,6 +87,7 @@ from gigatok.eval.adm import (
     format_results,
     write_results,
 )
+from gigatok.eval.metrics import MIN_IMAGES
 from gigatok.eval.npz import npz_info, write_image_npz
 from gigatok.infra.cli import run_stage
 from gigatok.infra.dist import init_distributed, setup_logging
@@ -161,6 +162,10 @@ def check_evaluation_inputs(config: GPTSampleConfig, image_size_eval: int) -> li
             f"reference batch for ImageNet 256x256: download {GT_NPZ_URL} (from guided-diffusion's evaluations/"
             "README) and pass its path, or pass --no-eval to only sample.")
     info = npz_info(gt)  # a malformed file fails here (NpzFormatError), not after the sampling
+    for what, count in (("--num-fid-samples", config.fid.num_fid_samples), (f"the reference '{gt}'", info["count"])):
+        if count < MIN_IMAGES:
+            raise UserError(f"{what} is {count} image(s): the ADM metrics need at least {MIN_IMAGES} per set. Sample "
+                            "more, or pass --no-eval to only sample.")
     check_evaluator(eval_python(config), config.fid.inception_weights)  # missing weights / TF graph fail here
     if (info["height"], info["width"]) != (image_size_eval, image_size_eval):
         return [(f"the samples will be {image_size_eval} px but the reference '{gt.name}' holds "

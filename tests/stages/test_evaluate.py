@@ -132,6 +132,9 @@ def test_self_evaluation_is_zero_and_reference_cache_is_reused(fake_inception, t
     assert fake_inception["calls"][-2:] == [40, 40]
     evaluate_npz(ref, sample, progress=False, use_cache=False)
     assert fake_inception["calls"][-2:] == [40, 40]
+    cache_path(ref).write_bytes(b"PK\x03\x04 a zip cut short")  # damaged cache: ignored and recomputed
+    damaged = evaluate_npz(ref, sample, progress=False)
+    assert fake_inception["calls"][-2:] == [40, 40] and damaged["fid"] == pytest.approx(results["fid"], abs=1e-9)
 
 
 @pytest.mark.parametrize("force_sqrtm", [False, True])
@@ -227,6 +230,8 @@ def _bad_npz(tmp_path: Path, case: str) -> Path:
         np.savez(path, arr_0=np.concatenate([images(4), images(4)[..., :1]], -1))
     elif case == "int16":
         np.savez(path, arr_0=images(4).astype(np.int16))
+    elif case == "three_images":
+        np.savez(path, arr_0=images(3))
     return path
 
 
@@ -240,6 +245,7 @@ def _bad_npz(tmp_path: Path, case: str) -> Path:
     ("three_dims", ["3-D", "grayscale"]),
     ("rgba", ["4 channels", "alpha"]),
     ("int16", ["int16", "uint8"]),
+    ("three_images", ["holds 3 image(s)", "at least 4 per set"]),
 ])
 @pytest.mark.parametrize("as_reference", [False, True])
 def test_malformed_batches_are_rejected_with_a_clear_message(tmp_path, capsys, case, needles, as_reference):

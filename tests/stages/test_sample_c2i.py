@@ -282,4 +282,6 @@ def test_fails_before_sampling(checkpoints, ref_npz, tmp_path, capsys):
     err = expect_exit_2(main, _argv(out, checkpoints, "--no-eval", "--codebook-size", "16384"), capsys)
     assert "--codebook-size 16384 differs from the tokenizer config's 1024" in err
     assert "--image-size 256 differs" in expect_exit_2(main, _argv(out, checkpoints, "--image-size", "256"), capsys)
+    err = expect_exit_2(main, _argv(out, checkpoints, "--gt-npz-path", str(ref_npz), "--num-fid-samples", "3"), capsys)
+    assert "--num-fid-samples is 3 image(s): the ADM metrics need at least 4" in err  # before sampling, not after
     assert not out.exists()  # nothing was written

@@ -161,6 +161,19 @@ def test_meta_mismatch_with_explicit_flags_is_refused(codes, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_damaged_code_shards_are_named_in_one_line(codes, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "codes"
+    shutil.copytree(codes, broken)
+    shard = sorted(broken.glob("codes_*.npy"))[0]
+    np.save(shard, np.array([{"not": "codes"}], dtype=object), allow_pickle=True)
+    with pytest.raises(SystemExit) as info:
+        train_main(_argv(broken, tmp_path, "bad", "--iterations", "2", "--global-batch-size", "8"))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err and f"'{shard}'" in err and "not a plain integer" in err
+
+
 def test_resume_after_sigkill_continues_exactly(codes, tmp_path):
     """SIGKILL a run after its checkpoint at step 10; the rerun logs exactly the losses of an uninterrupted run
     (data position, dropout RNG, optimizer, EMA and log accumulators all restored)."""

@@ -248,3 +248,13 @@ def test_switching_the_cnn_layout_keeps_values_and_moves_every_cnn_weight() -> N
     set_cnn_memory_format(tokenizer, True)
     assert cnn_channels_last(tokenizer) and all(m.weight.is_contiguous(memory_format=torch.channels_last)
                                                for m in convs)
+
+
+def test_a_damaged_safetensors_file_is_a_checkpoint_error(tmp_path):
+    from gigatok.infra.checkpoint import CheckpointError
+
+    path = tmp_path / "model.safetensors"
+    for content in (b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":", b"garbage" * 10):
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match="truncated or not a safetensors file"):
+            load_tokenizer(path, DEBUG_1D)
