@@ -27,6 +27,7 @@ from gigatok.config import (
     GPTTrainConfig,
     VQConfig,
     load_config,
+    to_dict,
 )
 from gigatok.errors import UserError
 from gigatok.gpt.config import GPTConfig
@@ -39,6 +40,7 @@ from gigatok.infra.checkpoint import (
     resolve_checkpoint_path,
 )
 from gigatok.infra.parallel import restore_memory_format
+from gigatok.infra.run_dir import config_changes
 from gigatok.tokenizer.vq_model import TOKENIZER_MODELS
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
@@ -82,6 +84,16 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                               "safetensors file. Export it again (gigatok export) or download it again.") from None
 
 
+def read_tokenizer_checkpoint(checkpoint: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state dict, the config it records or None) of a tokenizer checkpoint (see `read_tokenizer_weights`)."""
+    path = resolve_checkpoint_path(checkpoint)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path), None
+    ckpt = read_checkpoint(path)
+    recorded = ckpt.get("config") if isinstance(ckpt.get("config"), Mapping) else None
+    return extract_state_dict(ckpt, prefer=("ema", "model", "state_dict"), source=str(path)), recorded
+
+
 def read_tokenizer_weights(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     """State dict of a tokenizer checkpoint: `.safetensors` export, or a torch file with "ema"/"model"/"state_dict"."""
     path = resolve_checkpoint_path(checkpoint)
@@ -100,23 +112,45 @@ def resample_grid_table(table: torch.Tensor, grid_size: int) -> torch.Tensor:
     return grid.reshape(-1, grid_size * grid_size).t().unsqueeze(1).to(table.dtype)  # -> (G'*G', 1, D)
 
 
-def _adapt_resolution(state: dict[str, torch.Tensor], model: torch.nn.Module, interpolate: bool,
-                      source: str) -> dict[str, torch.Tensor]:
+def _adapt_resolution(state: dict[str, torch.Tensor], model: torch.nn.Module, interpolate: bool, source: str,
+                      recorded: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
+    """Resample the grid tables of a checkpoint trained at another resolution (opt-in), or say so. Only when the grid
+    tables are the sole difference: a checkpoint of another architecture is left to the strict load, which lists
+    every mismatch."""
     own = model.state_dict()
-    for key, value in state.items():
-        if not key.endswith(_GRID_TABLES) or key not in own or own[key].shape == value.shape:
-            continue
-        if not interpolate:
-            old = round(value.shape[0] ** 0.5) * model.image_size // model.grid_size
-            raise CheckpointError(
-                f"{source} was trained at {old}x{old} px but the config asks for {model.image_size}x{model.image_size} "
-                f"('{key}' has {value.shape[0]} grid positions, the model {own[key].shape[0]}). Absolute positional "
-                "embeddings do not transfer between resolutions by themselves: use the checkpoint's image_size, or "
-                "opt into bicubic resampling with --interpolate-pos-embed (interpolate_pos_embed=True); expect "
-                "some quality loss."
-            )
-        state[key] = resample_grid_table(value, model.grid_size)
+    grid_keys = [k for k, v in state.items() if k.endswith(_GRID_TABLES) and k in own and own[k].shape != v.shape]
+    others = [k for k in own if k not in grid_keys and (k not in state or own[k].shape != state[k].shape)]
+    if not grid_keys or others or set(state) - set(own):
+        return state
+    if not interpolate:
+        key, rows = grid_keys[0], state[grid_keys[0]].shape[0]
+        old = ((recorded or {}).get("model", {}).get("init_args", {}).get("image_size")
+               or round(rows ** 0.5) * model.image_size // model.grid_size)  # same architecture: same downsampling
+        raise CheckpointError(
+            f"{source} was trained at {old}x{old} px but the config asks for {model.image_size}x{model.image_size} "
+            f"('{key}' has {rows} grid positions, the model {own[key].shape[0]}). Absolute positional embeddings do "
+            f"not transfer between resolutions by themselves: use the checkpoint's image_size ({old}), or opt into "
+            "bicubic resampling with --interpolate-pos-embed (interpolate_pos_embed=True); expect some quality loss.")
+    for key in grid_keys:
+        state[key] = resample_grid_table(state[key], model.grid_size)
     return state
+
+
+def _config_hint(checkpoint: str | os.PathLike, config: VQConfig, recorded: Mapping[str, Any] | None) -> str:
+    """The last line of a key/shape mismatch: what differs between the config and the one the checkpoint records,
+    and the run's own config.yaml when it lies beside the checkpoint."""
+    beside = Path(str(checkpoint)).parent.parent / "config.yaml"
+    run_config = f" Pass --model-config {beside} (the run's own resolved config)." if beside.is_file() else ""
+    if not recorded:
+        return ("Check that the config matches the checkpoint (e.g. VQ_SS256.yaml for VQ_SS256_e100.pt)."
+                + run_config)
+    current = to_dict(config)
+    changes = [c for c in config_changes({k: recorded.get(k, {}) for k in ("model", "trainer")},
+                                         {k: current[k] for k in ("model", "trainer")})
+               if c.startswith(("model.", "trainer.distill"))]
+    shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+    return (f"The checkpoint records the config it was trained with, which differs from this one in: "
+            f"{shown or 'nothing that shapes the model'} (checkpoint -> given).{run_config}")
 
 
 def load_tokenizer(checkpoint: str | os.PathLike | None, config: VQConfig | str | os.PathLike,
@@ -136,13 +170,14 @@ def load_tokenizer(checkpoint: str | os.PathLike | None, config: VQConfig | str 
     if checkpoint is None:
         return build_tokenizer(config).to(device).eval()
     source = str(checkpoint)
-    state = read_tokenizer_weights(checkpoint)
+    state, recorded = read_tokenizer_checkpoint(checkpoint)
     # Build on the meta device and adopt the (memory-mapped) checkpoint tensors: no random init of billions of
     # parameters and no second copy of the weights in RAM.
     tokenizer = build_tokenizer(config, device="meta")
-    state = _adapt_resolution(state, tokenizer, interpolate_pos_embed, source)
+    state = _adapt_resolution(state, tokenizer, interpolate_pos_embed, source, recorded)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    load_state_dict_strict(tokenizer, state, source=source, assign=True)
+    load_state_dict_strict(tokenizer, state, source=source, assign=True,
+                           hint=_config_hint(checkpoint, config, recorded))
     restore_memory_format(tokenizer)  # adopted tensors keep the checkpoint's layout
     return tokenizer.to(device).eval()
 

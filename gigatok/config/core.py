@@ -84,12 +84,23 @@ def all_keys(schema: type, prefix: str = "") -> list[str]:
 _all_keys = all_keys  # the name tests and older callers use
 
 
+def closest_key(key: str, keys: list[str]) -> str | None:
+    """The valid key `key` most likely means: one with the same last name in another section first (`model.lr` ->
+    `trainer.lr`: a field put under the wrong section), else the closest spelling (`trainer.lrr` -> `trainer.lr`)."""
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k != key]
+    if same_leaf:
+        return difflib.get_close_matches(key, same_leaf, n=1, cutoff=0.0)[0]
+    hint = difflib.get_close_matches(key, keys, n=1)
+    return hint[0] if hint else None
+
+
 def _explain(err: Exception, schema: type, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]  # drop OmegaConf's full_key/type trailer
     if isinstance(err, ConfigKeyError) and key:
-        hint = difflib.get_close_matches(key, all_keys(schema), n=1)
-        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        hint = closest_key(key, all_keys(schema))
+        suggestion = f" Did you mean '{hint}'?" if hint else ""
         return ConfigError(f"{source}: unknown config key '{key}'.{suggestion} Remove it or fix its spelling.")
     if isinstance(err, ValidationError) and key:
         return ConfigError(f"{source}: invalid value for '{key}': {msg}")

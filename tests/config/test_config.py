@@ -312,3 +312,12 @@ def test_sampling_flags_are_checked_before_any_work(flags, message, capsys):
 
     err = expect_exit_2(main, ["--tok-config", _path("VQ_debug"), "--device", "cpu", *flags], capsys)
     assert message in err
+
+
+def test_a_field_in_the_wrong_section_suggests_its_real_place(tmp_path):
+    path = tmp_path / "wrong.yaml"
+    path.write_text("model:\n  lr: 3.0e-4\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.lr'. Did you mean 'trainer.lr'?"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="Did you mean 'trainer.beta2'"):
+        load_config(None, ["--trainer.betaa2=0.9"])

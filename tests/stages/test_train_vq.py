@@ -476,3 +476,25 @@ def test_a_second_trainer_on_a_live_run_folder_stops_naming_the_first(photos, tm
     main(["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--sub-exp-dir",
           "run", "--iterations", "1", "--global-batch-size", "2", *TEST_FLAGS])  # the kernel released the lock
     assert checkpoint_steps(run) == [1]
+
+
+def test_loading_a_run_with_the_wrong_config_says_what_differs_and_where_the_runs_config_is(photos, tmp_path):
+    """The README's debug command trains with a DINOv2-S teacher (a 384-wide distillation head); loading its
+    checkpoint with VQ_debug.yaml (DINOv2-B) must point at the difference and at the run's own config.yaml, and a
+    checkpoint of another architecture is not mistaken for one of another resolution."""
+    from gigatok.infra.checkpoint import CheckpointError
+
+    main(["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--sub-exp-dir",
+          "debug", "--iterations", "1", "--global-batch-size", "2", *TEST_FLAGS])
+    ckpt = tmp_path / "debug" / "checkpoints" / "0000001.pt"
+    with pytest.raises(CheckpointError) as info:
+        load_tokenizer(ckpt, CONFIG)
+    message = str(info.value)
+    assert "trainer.distill_model: 'dinov2-vit-s' -> 'dinov2-vit-b'" in message
+    assert f"Pass --model-config {tmp_path / 'debug' / 'config.yaml'}" in message
+    load_tokenizer(ckpt, tmp_path / "debug" / "config.yaml")  # ... which loads it
+    with pytest.raises(CheckpointError) as info:
+        load_tokenizer(ckpt, REPO / "configs" / "vq" / "VQ_SS256.yaml")
+    message = str(info.value)
+    assert "trained at" not in message and "shape mismatches" in message
+    assert "The checkpoint records the config it was trained with" in message and "cnn_ch: 32 -> 128" in message
