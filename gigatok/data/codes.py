@@ -116,9 +116,11 @@ class LabeledImageFolder(Dataset):
     have no class and are left out, as ImageFolder does.
     """
 
-    def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], torch.Tensor],
+                 exclude: set[Path] = frozenset()) -> None:
         self.root = Path(root)
         files, _ = list_image_files(self.root)
+        files = [f for f in files if f not in exclude]  # --skip-bad-images: left out, in order
         self.classes = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
         class_index = {name: i for i, name in enumerate(self.classes)}
         self.files = [f for f in files if f.parent != self.root]

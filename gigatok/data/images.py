@@ -103,7 +103,34 @@ def decode_image(path: str | os.PathLike) -> Image.Image:
             raise
         raise UnreadableImageError(
             f"cannot decode image file '{path}' ({type(err).__name__}: {err}). The file is corrupt or not really an "
-            "image: remove it from the data folder or convert it to PNG/JPEG.") from None
+            "image: remove it from the data folder or convert it to PNG/JPEG (reconstruction and code extraction: "
+            "--skip-bad-images leaves such files out).") from None
+
+
+def find_unreadable(files: list[Path], progress: bool = False) -> dict[Path, str]:
+    """Decode every file (each rank a strided share; COLLECTIVE under a process group) and return the unreadable
+    ones with the reason: the pre-scan of `--skip-bad-images`, so that a long job lists every bad file before it
+    starts instead of stopping at the first one hours in."""
+    from tqdm import tqdm
+
+    from gigatok.infra.dist import all_gather_objects, get_rank, get_world_size
+
+    bad = {}
+    mine = files[get_rank()::get_world_size()]
+    for path in tqdm(mine, disable=not progress, desc="check images", unit="img"):
+        try:
+            decode_image(path)
+        except UnreadableImageError as err:
+            bad[str(path)] = str(err)
+    merged = {Path(k): v for part in all_gather_objects(bad) for k, v in part.items()}
+    return dict(sorted(merged.items()))
+
+
+def report_unreadable(bad: dict[Path, str], root: Path) -> str:
+    """One log line about the files `--skip-bad-images` leaves out (the first five named)."""
+    shown = "; ".join(str(err) for err in list(bad.values())[:5])
+    return (f"--skip-bad-images: leaving out {len(bad)} unreadable image(s) under '{root}'"
+            + (f": {shown}{' ...' if len(bad) > 5 else ''}" if bad else ""))
 
 
 def _is_image(name: str) -> bool:
@@ -147,12 +174,15 @@ class ImageFolderDataset(Dataset):
         transform: PIL RGB image -> tensor.
         warn_skipped: log one warning line about non-image files (turn off on non-main ranks if not using the
             rank-0 logger).
+        exclude: files to leave out (`find_unreadable`); the others keep their order.
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int = 256,
-                 transform: Callable[[Image.Image], torch.Tensor] | None = None, warn_skipped: bool = True) -> None:
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None, warn_skipped: bool = True,
+                 exclude: set[Path] = frozenset()) -> None:
         self.root = Path(root)
         self.files, self.skipped = list_image_files(self.root)
+        self.files = [f for f in self.files if f not in exclude]  # --skip-bad-images: left out, in order
         if not self.files:
             raise ImageDataError(
                 f"no images found under '{self.root}' (searched recursively for {', '.join(IMG_EXTENSIONS)}"

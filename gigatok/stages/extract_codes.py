@@ -42,6 +42,7 @@ from gigatok.data.codes import (
     file_list_digest,
     shard_file_names,
 )
+from gigatok.data.images import find_unreadable, report_unreadable
 from gigatok.data.transforms import to_uint8
 from gigatok.errors import UserError
 from gigatok.infra.checkpoint import resolve_checkpoint_path
@@ -78,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crop-range", type=float, default=1.1, help="ten-crop: crop from int(size * range)")
     parser.add_argument("--global-seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=24)
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="decode every image first and leave out the unreadable ones (listed in the log and in "
+                             "meta.json) instead of stopping at the first")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward (x views)")
     parser.add_argument("--model-config", type=str, required=True, help="tokenizer YAML, e.g. configs/vq/VQ_BL256.yaml")
     parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint (omitted: random weights)")
@@ -207,13 +211,21 @@ def extract(args: argparse.Namespace) -> Path:
     # Setup data: the views of every image, and the shards still to do.
     transform = ViewTransform(image_size, use_ten_crop=args.ten_crop, crop_range=args.crop_range)
     dataset = LabeledImageFolder(args.data_path, transform)
+    unreadable: dict[str, str] = {}
+    if args.skip_bad_images:  # before anything is written: the shard layout follows the images that remain
+        bad = find_unreadable(dataset.files, progress=is_main_process())
+        if bad:
+            logger.warning(report_unreadable(bad, dataset.root))
+            dataset = LabeledImageFolder(args.data_path, transform, exclude=set(bad))
+            unreadable = {str(k.relative_to(dataset.root)): v for k, v in bad.items()}
     code_path = Path(args.code_path)
     num_shards = math.ceil(len(dataset) / args.shard_size)
     settings = {"data_path": str(Path(args.data_path).resolve()), "num_images": len(dataset),
                 "file_list_sha256": file_list_digest(dataset.files, dataset.root), "image_size": image_size,
                 "ten_crop": args.ten_crop, "crop_range": args.crop_range if args.ten_crop else None,
                 "model_config": Path(args.model_config).name, "vq_ckpt_hash": ckpt_hash,
-                "shard_size": args.shard_size, "global_seed": args.global_seed}
+                "shard_size": args.shard_size, "global_seed": args.global_seed,
+                "unreadable_images": sorted(unreadable)}
     todo = on_rank0(lambda: prepare_folder(code_path, settings, num_shards, args.resume))
     mine = todo[rank::world_size]
     views = transform.views
@@ -264,6 +276,7 @@ def extract(args: argparse.Namespace) -> Path:
     def write_meta() -> int:
         meta = build_meta(args, Path(args.model_config).name, config.model.model_cls, codebook_size, num_tokens,
                           image_size, views, dataset, code_path, ckpt_hash, dtype)
+        meta["unreadable_images"] = sorted(unreadable)  # left out by --skip-bad-images (relative paths)
         write_json_atomic(code_path / META_NAME, meta)
         return len(meta["shards"])
 

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from gigatok.builders import load_tokenizer
 from gigatok.config import VQConfig, load_config
-from gigatok.data.images import ImageFolderDataset
+from gigatok.data.images import ImageFolderDataset, find_unreadable, report_unreadable
 from gigatok.data.transforms import to_uint8
 from gigatok.errors import UserError
 from gigatok.eval.adm import check_evaluator, evaluate_npz
@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-proc-batch-size", type=int, default=32)
     parser.add_argument("--global-seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="decode every image first and leave out the unreadable ones (listed and counted) "
+                             "instead of stopping at the first")
     parser.add_argument("--quant-way", type=str, choices=["vq", "fsq", "lq"], default="vq")
     parser.add_argument("--model-config", type=str, required=True, help="tokenizer YAML, e.g. configs/vq/VQ_SS256.yaml")
     parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint (local path or hf://...)")
@@ -193,6 +196,21 @@ def setup_run(args: argparse.Namespace,
     return dist_info, logger, autocast
 
 
+def open_images(args: argparse.Namespace, logger: logging.Logger) -> ImageFolderDataset:
+    """The images to reconstruct; with --skip-bad-images, every file is decoded first (over all ranks) and the
+    unreadable ones are left out, listed in the log and counted in the results (`unreadable_images`)."""
+    dataset = ImageFolderDataset(args.data_path, image_size=args.image_size)
+    dataset.unreadable = {}
+    if args.skip_bad_images:
+        bad = find_unreadable(dataset.files, progress=is_main_process())
+        if bad:
+            logger.warning(report_unreadable(bad, dataset.root))
+            dataset = ImageFolderDataset(args.data_path, image_size=args.image_size, warn_skipped=False,
+                                         exclude=set(bad))
+            dataset.unreadable = {str(k): v for k, v in bad.items()}
+    return dataset
+
+
 def make_loader(dataset: ImageFolderDataset, indices: list[int], args: argparse.Namespace,
                 device: torch.device) -> DataLoader:
     # More loader workers than cores per rank only adds contention (the official default 4 assumes a GPU node).
@@ -233,7 +251,7 @@ def reconstruct_qualitative(args: argparse.Namespace) -> Path:
     device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
     if args.clear_cache or args.merge or args.no_lpips:
         logger.info("note: --clear-cache, --merge and --no-lpips only act in the quantitative mode; ignored here")
-    dataset = ImageFolderDataset(args.data_path, image_size=args.image_size)
+    dataset = open_images(args, logger)
     shard = list(range(rank, len(dataset), world_size))
     loader = make_loader(dataset, shard, args, device)
     logger.info(f"{len(dataset)} images under '{args.data_path}' ({len(shard)} on rank 0), "
@@ -345,7 +363,8 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
     device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
     if args.lpips:
         logger.info("note: --lpips only acts in the qualitative mode; the quantitative mode always computes LPIPS")
-    dataset = ImageFolderDataset(args.data_path, image_size=args.image_size)
+    dataset = open_images(args, logger)
+    args.unreadable_images = sorted(dataset.unreadable)  # recorded in the results
     num_images, codebook_size = len(dataset), config.model.init_args.codebook_size
     # The evaluator's warnings (generation reference, other resolution, fewer than 50k images) now, not at the end.
     recon_npz = out_dir.with_name(f"{out_dir.name}.npz")
@@ -458,7 +477,8 @@ def write_quantitative_results(args: argparse.Namespace, records: ReconRecords, 
                "warnings": metrics.get("warnings", []), "gt_npz_path": str(gt_npz), "recon_npz_path": str(recon_npz),
                "checkpoint": args.vq_ckpt, "config": args.model_config, "data_path": args.data_path,
                "dataset": args.dataset, "image_size": args.image_size, "image_size_eval": args.image_size_eval,
-               "lpips_backbone": lpips_kind, "ssim_convention": "ssim: skimage data_range=2.0 on [0, 1] images "
+               "lpips_backbone": lpips_kind, "unreadable_images": getattr(args, "unreadable_images", []),
+               "ssim_convention": "ssim: skimage data_range=2.0 on [0, 1] images "
                "(official, inflated); ssim_data_range_1: data_range=1.0 (standard)"}
     write_text_atomic(results_path, json.dumps(results, indent=2) + "\n")
     write_text_atomic(results_path.with_suffix(".txt"), format_recon_results(results))

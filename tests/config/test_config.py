@@ -257,7 +257,12 @@ def test_gpt_configs_take_official_flags_files_and_overrides_in_that_order(tmp_p
     import argparse
 
     from gigatok.config import GPTSampleConfig, GPTTrainConfig, to_yaml
-    from gigatok.config.flags import add_config_flags, field_docs, given_flags, resolve_config
+    from gigatok.config.flags import (
+        add_config_flags,
+        field_docs,
+        given_flags,
+        resolve_config,
+    )
 
     parser, table = argparse.ArgumentParser(), {}
     for section in ("model", "tokenizer", "data", "trainer"):

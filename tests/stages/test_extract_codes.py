@@ -6,6 +6,7 @@ checkpoint format.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -147,6 +148,21 @@ def test_user_errors_exit_2(data, tmp_path, capsys):
     assert "checkpoint not found" in _exit_2(_argv(data, tmp_path / "c", "--vq-ckpt", str(tmp_path / "no.pt")), capsys)
     assert "--image-size 32" in _exit_2(_argv(data, tmp_path / "c", "--image-size", "64"), capsys)
     assert "--crop-range 0.9 < 1" in _exit_2(_argv(data, tmp_path / "c", "--ten-crop", "--crop-range", "0.9"), capsys)
+
+
+def test_skip_bad_images_leaves_them_out_before_anything_is_written(data, tmp_path, capsys):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(data["images"], images)
+    broken = sorted(images.rglob("*.png"))[3]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    err = expect_exit_2(main, _argv({**data, "images": images}, tmp_path / "first"), capsys)
+    assert broken.name in err and "decode" in err and "--skip-bad-images" in err
+    main([*_argv({**data, "images": images}, tmp_path / "codes"), "--skip-bad-images"])
+    meta = json.loads((tmp_path / "codes" / "meta.json").read_text())
+    assert meta["count"] == NUM_IMAGES - 1 and meta["unreadable_images"] == [str(broken.relative_to(images))]
+    assert "leaving out 1 unreadable image(s)" in capsys.readouterr().err
 
 
 def test_code_dataset_draws_deterministic_views(ten_crop_codes):

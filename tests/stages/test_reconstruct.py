@@ -90,10 +90,14 @@ def _run_expecting_exit_2(argv: list[str], capsys) -> str:
     return expect_exit_2(main, argv, capsys)
 
 
-def test_corrupt_png_is_a_clear_error(checkpoint, data_dir, tmp_path, capsys):
+def test_corrupt_png_is_a_clear_error_or_skipped_and_counted(checkpoint, data_dir, tmp_path, capsys):
     (data_dir / "gt_qualitative" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png at all")
     err = _run_expecting_exit_2(_argv(data_dir, tmp_path / "out", checkpoint), capsys)
     assert "broken.png" in err and "remove it from the data folder or convert it" in err
+    main(_argv(data_dir, tmp_path / "skip", checkpoint, "--skip-bad-images"))  # decoded first, left out, counted
+    err = capsys.readouterr().err
+    assert "--skip-bad-images: leaving out 1 unreadable image(s)" in err and "broken.png" in err
+    assert len(list((tmp_path / "skip").rglob("*_gt.png"))) == len(list(PHOTOS.iterdir()))
 
 
 def test_missing_checkpoint_exits_2_with_a_message(data_dir, tmp_path, capsys):
