@@ -235,15 +235,15 @@ def test_search_stops_at_the_local_minimum(checkpoints, ref_npz, tmp_path, monke
     calls: list[float] = []
     monkeypatch.setattr(sample_c2i, "evaluate_npz", _fake_evaluator(optimum, calls))
     out = tmp_path / "run" / "samples"
-    argv = _argv(out, checkpoints, "--search", "--gt-npz-path", str(ref_npz), "--num-fid-samples", "3",
-                 "--per-proc-batch-size", "3", "--clear-cache")
+    argv = _argv(out, checkpoints, "--search", "--gt-npz-path", str(ref_npz), "--num-fid-samples", "4",
+                 "--per-proc-batch-size", "4", "--clear-cache")  # 4: the fewest images the ADM metrics take
     best = main(argv)
     assert calls == expected  # the official order: start (1.75 for a small GPT, constant), up first, then down
     assert float(best["cfg_scale"]) == optimum and float(best["FID"]) == 1.0
     rows = _csv(out)
     assert [float(r["cfg_scale"]) for r in rows] == expected
     assert [float(r["FID"]) for r in rows] == [1 + (s - optimum) ** 2 for s in expected]
-    assert {r["num_samples"] for r in rows} == {"3"} and list(rows[0])[:8] == OFFICIAL_COLUMNS
+    assert {r["num_samples"] for r in rows} == {"4"} and list(rows[0])[:8] == OFFICIAL_COLUMNS
     assert not [p.name for p in out.iterdir() if p.is_dir() or p.suffix == ".npz"]  # --clear-cache
     assert len(list(out.glob("*.txt"))) == len(expected)
     # A second search finds every scale in the CSV: nothing is sampled or evaluated again.
