@@ -1,23 +1,20 @@
 """Level 0: the typed config tree (standard library and omegaconf only, no torch).
 
-- `core`: loading YAML into structured dataclasses, `--section.key=value` overrides, `ConfigError`.
+- `core`: loading YAML into structured dataclasses, `--section.key=value` overrides.
+- `checks`: `ConfigError` and the value checks every field declares.
 - `tokenizer`: the tokenizer config (`configs/vq/*.yaml`, official layout).
 - `gpt`: the GPT side (training, sampling, evaluation), its fields named after the official flags.
 - `flags`: official command-line flags onto the tree.
 """
+from gigatok.config.checks import ConfigError, between, choice, positive, validate
 from gigatok.config.core import (
-    ConfigError,
     _all_keys,
     all_keys,
-    between,
-    choice,
     config_from_dict,
     load_config,
     parse_overrides,
-    positive,
     to_dict,
     to_yaml,
-    validate,
 )
 from gigatok.config.gpt import (
     EvalSettings,

@@ -22,8 +22,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from gigatok.config.checks import ConfigError
 from gigatok.config.core import (
-    ConfigError,
     config_from_dict,
     load_config,
     parse_overrides,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from gigatok.config.core import between, choice, positive
+from gigatok.config.checks import between, choice, positive
 
 
 @dataclass

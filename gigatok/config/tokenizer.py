@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from gigatok.config.core import between, positive
+from gigatok.config.checks import between, positive
 
 # Transformer sizes shared by the Q-Former encoder/decoder: name -> (width, layers, heads).
 TRANSFORMER_SIZES: dict[str, tuple[int, int, int]] = {

@@ -1,5 +1,7 @@
-"""The tokenizer's training step: the generator update, then the discriminator's once it is active (official
-`vq_train.py` loop body), with gradient accumulation, mixed precision, non-finite-loss guards and an EMA.
+"""The tokenizer's training machinery: the parts of a run (models wrapped for data parallelism, optimizers,
+schedule, scalers, guards; `build_step_parts`), what its checkpoints hold (`checkpoint_manager`), and the step: the
+generator update, then the discriminator's once it is active (official `vq_train.py` loop body), with gradient
+accumulation, mixed precision, non-finite-loss guards and an EMA.
 
 Shape letters: B batch; C channels; S image side (square images, H = W = S). Here C = 3 and S = image_size.
 """
@@ -14,19 +16,53 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from gigatok.config import ConfigError, VQConfig, to_dict
 from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.data.train_images import TrainImageDataset
 from gigatok.data.transforms import to_uint8
+from gigatok.infra import states as st
 from gigatok.infra.codebook_stats import CodebookUsageTracker
+from gigatok.infra.dist import get_world_size, is_main_process
 from gigatok.infra.ema import EMA
 from gigatok.infra.io import save_png_atomic
-from gigatok.infra.logging import NonFiniteGuard
-from gigatok.infra.parallel import grad_sync, local_norm, unwrap
+from gigatok.infra.logging import NonFiniteGuard, reduce_metrics
+from gigatok.infra.optim import build_adamw
+from gigatok.infra.parallel import (
+    grad_sync,
+    local_norm,
+    optimizer_format,
+    parallelize,
+    params_finite,
+    unwrap,
+)
+from gigatok.infra.run_state import CheckpointManager, Retention
 from gigatok.infra.runtime import autocast
-from gigatok.infra.schedules import set_lr
+from gigatok.infra.schedules import build_lr_schedule, set_lr
 from gigatok.tokenizer.losses import TokenizerLoss
 
 PREVIEW_IMAGES = 8
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """Quantities derived from the config and the world size (all printed at startup)."""
+
+    world_size: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    total_steps: int
+    stop_step: int
+    amp_dtype: torch.dtype | None
+    data_parallel: str
+    decay_policy: str
+    preview_every: int
+
+
+@dataclasses.dataclass
+class Counters:
+    """Loop counters that live in the checkpoint: unreadable images replaced so far (this rank's share)."""
+
+    corrupt_local: int = 0
 
 
 class DiscriminatorStep(nn.Module):
@@ -152,3 +188,73 @@ def save_preview(path: Path, images: torch.Tensor, recon: torch.Tensor) -> None:
     top, bottom = to_uint8(images).numpy(), to_uint8(recon).numpy()  # (B, S, S, C) uint8
     grid = np.concatenate([np.concatenate(list(top), axis=1), np.concatenate(list(bottom), axis=1)], axis=0)
     save_png_atomic(path, grid)
+
+
+def build_step_parts(config: VQConfig, plan: RunPlan, tokenizer: nn.Module, loss: TokenizerLoss, ema: EMA | None,
+                     device: torch.device) -> StepParts:
+    """Wrap the models for data parallelism and build optimizers, the LR schedule, scalers and counters."""
+    t = config.trainer
+    grad_dtype = "fp32" if t.grad_precision in (None, "none") else t.grad_precision
+    model = parallelize(tokenizer, plan.data_parallel, device=device, reduce_dtype=grad_dtype,
+                        find_unused_parameters=True, compile_model=t.compile,
+                        activation_checkpointing=t.activation_checkpointing)
+    # The discriminator is small: plain DDP in both modes (official: VQLoss in its own DDP).
+    disc_step = parallelize(DiscriminatorStep(loss), "none" if plan.data_parallel == "none" else "ddp", device=device)
+    betas = (t.beta1, t.beta2)
+    optimizer = build_adamw(model, t.lr, betas, t.weight_decay, plan.decay_policy)
+    optimizer_disc = build_adamw(loss.discriminator, t.lr, betas, t.weight_decay, plan.decay_policy)
+    try:
+        lr_at = build_lr_schedule(t.lr_scheduler, t.lr, warmup=t.warmup, total_steps=plan.total_steps,
+                                  end_lr=t.end_lr, fract_decay=t.fract_decay)
+    except ValueError as err:
+        raise ConfigError(f"trainer: {err}") from None
+    use_scaler = plan.amp_dtype == torch.float16  # GradScalers only for fp16, one per optimizer (official)
+    return StepParts(model, loss, disc_step, optimizer, optimizer_disc,
+                     torch.amp.GradScaler(device.type, enabled=use_scaler),
+                     torch.amp.GradScaler(device.type, enabled=use_scaler), ema,
+                     NonFiniteGuard(t.max_consecutive_nonfinite), NonFiniteGuard(t.max_consecutive_nonfinite),
+                     CodebookUsageTracker(tokenizer.codebook_size), lr_at, plan.amp_dtype, device, t.max_grad_norm,
+                     t.distill_loss)
+
+
+def unhealthy(model: nn.Module, *guards: NonFiniteGuard) -> str | None:
+    """Why the current weights must not become a checkpoint (None: they may): steps just skipped for a non-finite
+    loss, or non-finite weights. COLLECTIVE (all ranks call it at the same step)."""
+    skipped = max(guard.consecutive for guard in guards)
+    if skipped:
+        return f"the last {skipped} step(s) had a non-finite loss and were skipped; the weights may be diverging"
+    if not params_finite(model):
+        return "the weights hold NaN/inf"
+    return None
+
+
+def checkpoint_manager(config: VQConfig, run_dir: Path, parts: StepParts, sampler: ResumableDistributedSampler,
+                       steps_per_epoch: int, counters: Counters) -> CheckpointManager:
+    """Every object of the run that has state, under its checkpoint entry (official names first)."""
+    loss, t = parts.loss, config.trainer
+
+    def set_lecam(value: list[torch.Tensor]) -> None:
+        loss.lecam_ema_real.copy_(value[0])
+        loss.lecam_ema_fake.copy_(value[1])
+
+    def set_corrupt(total: int) -> None:  # the saved total lives on rank 0
+        counters.corrupt_local = int(total) if is_main_process() else 0
+
+    entries = {
+        "model": st.ModelState(parts.model), "ema": st.EMAState(parts.ema, parts.model) if parts.ema else None,
+        "discriminator": st.ModelState(loss.discriminator, "discriminator", required=False),
+        "optimizer": st.OptimizerState(parts.optimizer, parts.model),
+        "optimizer_disc": st.OptimizerState(parts.optimizer_disc, loss.discriminator, "optimizer_disc"),
+        "scaler": st.ScalerState(parts.scaler), "scaler_disc": st.ScalerState(parts.scaler_disc, "scaler_disc"),
+        "data_state": st.SamplerState(sampler, steps_per_epoch),
+        "extra.optimizer_format": st.ConstState(optimizer_format(parts.model)),
+        "extra.guard": st.ObjectState(parts.guard), "extra.guard_disc": st.ObjectState(parts.guard_disc),
+        "extra.codebook_stats": st.ObjectState(parts.tracker),
+        "extra.corrupt_images": st.ValueState(lambda: round(reduce_metrics({"c": counters.corrupt_local})["c"]
+                                                            * get_world_size()), set_corrupt),
+        "extra.lecam": st.ValueState(lambda: [loss.lecam_ema_real.detach().cpu(), loss.lecam_ema_fake.detach().cpu()],
+                                     set_lecam),
+    }
+    retention = Retention(t.keep_last, t.milestone_step, t.milestone_start, t.max_milestone_num)
+    return CheckpointManager(run_dir, {k: v for k, v in entries.items() if v is not None}, to_dict(config), retention,
+                             health=lambda: unhealthy(parts.model, parts.guard, parts.guard_disc))

@@ -17,7 +17,6 @@ unreadable image is replaced and counted instead of crashing; the LR schedule is
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import time
@@ -38,19 +37,19 @@ from gigatok.config.flags import (
 from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.data.train_images import TrainImageDataset
 from gigatok.engine.vq_train import (
-    DiscriminatorStep,
+    Counters,
+    RunPlan,
     StepParts,
+    build_step_parts,
+    checkpoint_manager,
     iterate_batches,
     save_preview,
     train_step,
 )
 from gigatok.errors import UserError
-from gigatok.infra import states as st
 from gigatok.infra.cli import run_stage
-from gigatok.infra.codebook_stats import CodebookUsageTracker
 from gigatok.infra.dist import (
     DistInfo,
-    get_world_size,
     init_distributed,
     is_main_process,
     setup_logging,
@@ -59,24 +58,19 @@ from gigatok.infra.ema import EMA
 from gigatok.infra.logging import (
     WANDB_MODES,
     MetricsLogger,
-    NonFiniteGuard,
     TrainingDivergedError,
     reduce_metrics,
     truncate_metrics,
 )
-from gigatok.infra.optim import DECAY_POLICIES, build_adamw
+from gigatok.infra.optim import DECAY_POLICIES
 from gigatok.infra.parallel import (
     cnn_channels_last,
     cnn_channels_last_for_training,
-    optimizer_format,
-    parallelize,
-    params_finite,
     set_cnn_memory_format,
 )
 from gigatok.infra.run_dir import config_changes, run_dir_lock, write_run_config
 from gigatok.infra.run_state import (
     CheckpointManager,
-    Retention,
     checkpoint_dir,
     divergence_advice,
     find_latest_checkpoint,
@@ -84,7 +78,7 @@ from gigatok.infra.run_state import (
     resume_from_step,
 )
 from gigatok.infra.runtime import build_loader, resolve_precision, seed_everything
-from gigatok.infra.schedules import SCHEDULES, build_lr_schedule
+from gigatok.infra.schedules import SCHEDULES
 from gigatok.tokenizer.losses import TokenizerLoss
 
 logger = logging.getLogger("gigatok")
@@ -184,21 +178,6 @@ def flag_values(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...], ob
     return given
 
 
-@dataclasses.dataclass
-class RunPlan:
-    """Quantities derived from the config and the world size (all printed at startup)."""
-
-    world_size: int
-    micro_batch_size: int
-    grad_accum_steps: int
-    total_steps: int
-    stop_step: int
-    amp_dtype: torch.dtype | None
-    data_parallel: str
-    decay_policy: str
-    preview_every: int
-
-
 def plan_run(config: VQConfig, world_size: int) -> RunPlan:
     """Check the run settings (user errors name the flag to fix) and derive the plan."""
     t = config.trainer
@@ -271,83 +250,6 @@ def log_plan(config: VQConfig, plan: RunPlan, run_dir: Path, device: torch.devic
     logger.info(f"log every {t.log_every}, checkpoint every {t.ckpt_every} (keep last {t.keep_last}, milestones every "
                 f"{t.milestone_step} from {t.milestone_start}, at most {t.max_milestone_num}), preview every "
                 f"{plan.preview_every or 'never'}; {start}")
-
-
-def build_step_parts(config: VQConfig, plan: RunPlan, tokenizer: nn.Module, loss: TokenizerLoss, ema: EMA | None,
-                     device: torch.device) -> StepParts:
-    """Wrap the models for data parallelism and build optimizers, the LR schedule, scalers and counters."""
-    t = config.trainer
-    grad_dtype = "fp32" if t.grad_precision in (None, "none") else t.grad_precision
-    model = parallelize(tokenizer, plan.data_parallel, device=device, reduce_dtype=grad_dtype,
-                        find_unused_parameters=True, compile_model=t.compile,
-                        activation_checkpointing=t.activation_checkpointing)
-    # The discriminator is small: plain DDP in both modes (official: VQLoss in its own DDP).
-    disc_step = parallelize(DiscriminatorStep(loss), "none" if plan.data_parallel == "none" else "ddp", device=device)
-    betas = (t.beta1, t.beta2)
-    optimizer = build_adamw(model, t.lr, betas, t.weight_decay, plan.decay_policy)
-    optimizer_disc = build_adamw(loss.discriminator, t.lr, betas, t.weight_decay, plan.decay_policy)
-    try:
-        lr_at = build_lr_schedule(t.lr_scheduler, t.lr, warmup=t.warmup, total_steps=plan.total_steps,
-                                  end_lr=t.end_lr, fract_decay=t.fract_decay)
-    except ValueError as err:
-        raise ConfigError(f"trainer: {err}") from None
-    use_scaler = plan.amp_dtype == torch.float16  # GradScalers only for fp16, one per optimizer (official)
-    return StepParts(model, loss, disc_step, optimizer, optimizer_disc,
-                     torch.amp.GradScaler(device.type, enabled=use_scaler),
-                     torch.amp.GradScaler(device.type, enabled=use_scaler), ema,
-                     NonFiniteGuard(t.max_consecutive_nonfinite), NonFiniteGuard(t.max_consecutive_nonfinite),
-                     CodebookUsageTracker(tokenizer.codebook_size), lr_at, plan.amp_dtype, device, t.max_grad_norm,
-                     t.distill_loss)
-
-
-@dataclasses.dataclass
-class Counters:
-    """Loop counters that live in the checkpoint: unreadable images replaced so far (this rank's share)."""
-
-    corrupt_local: int = 0
-
-
-def checkpoint_manager(config: VQConfig, run_dir: Path, parts: StepParts, sampler: ResumableDistributedSampler,
-                       steps_per_epoch: int, counters: Counters) -> CheckpointManager:
-    """Every object of the run that has state, under its checkpoint entry (official names first)."""
-    loss, t = parts.loss, config.trainer
-
-    def set_lecam(value: list[torch.Tensor]) -> None:
-        loss.lecam_ema_real.copy_(value[0])
-        loss.lecam_ema_fake.copy_(value[1])
-
-    def set_corrupt(total: int) -> None:  # the saved total lives on rank 0
-        counters.corrupt_local = int(total) if is_main_process() else 0
-
-    entries = {
-        "model": st.ModelState(parts.model), "ema": st.EMAState(parts.ema, parts.model) if parts.ema else None,
-        "discriminator": st.ModelState(loss.discriminator, "discriminator", required=False),
-        "optimizer": st.OptimizerState(parts.optimizer, parts.model),
-        "optimizer_disc": st.OptimizerState(parts.optimizer_disc, loss.discriminator, "optimizer_disc"),
-        "scaler": st.ScalerState(parts.scaler), "scaler_disc": st.ScalerState(parts.scaler_disc, "scaler_disc"),
-        "data_state": st.SamplerState(sampler, steps_per_epoch),
-        "extra.optimizer_format": st.ConstState(optimizer_format(parts.model)),
-        "extra.guard": st.ObjectState(parts.guard), "extra.guard_disc": st.ObjectState(parts.guard_disc),
-        "extra.codebook_stats": st.ObjectState(parts.tracker),
-        "extra.corrupt_images": st.ValueState(lambda: round(reduce_metrics({"c": counters.corrupt_local})["c"]
-                                                            * get_world_size()), set_corrupt),
-        "extra.lecam": st.ValueState(lambda: [loss.lecam_ema_real.detach().cpu(), loss.lecam_ema_fake.detach().cpu()],
-                                     set_lecam),
-    }
-    retention = Retention(t.keep_last, t.milestone_step, t.milestone_start, t.max_milestone_num)
-    return CheckpointManager(run_dir, {k: v for k, v in entries.items() if v is not None}, to_dict(config), retention,
-                             health=lambda: unhealthy(parts.model, parts.guard, parts.guard_disc))
-
-
-def unhealthy(model: nn.Module, *guards: NonFiniteGuard) -> str | None:
-    """Why the current weights must not become a checkpoint (None: they may): steps just skipped for a non-finite
-    loss, or non-finite weights. COLLECTIVE (all ranks call it at the same step)."""
-    skipped = max(guard.consecutive for guard in guards)
-    if skipped:
-        return f"the last {skipped} step(s) had a non-finite loss and were skipped; the weights may be diverging"
-    if not params_finite(model):
-        return "the weights hold NaN/inf"
-    return None
 
 
 def build_tokenizer_and_loss(config: VQConfig, device: torch.device) -> tuple[nn.Module, TokenizerLoss]:
