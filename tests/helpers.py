@@ -5,6 +5,7 @@ Importable from every test module (tests/ is on sys.path through its conftest.py
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "tests" / "gt_qualitative"
 CONFIG = ROOT / "configs" / "vq" / "VQ_debug.yaml"  # the tiny 1D tokenizer: 32 px, 64 codes, codebook 1024
 COLOURS = ((210, 60, 50), (40, 70, 220))
+
+
+class WarningRecords(logging.Handler):
+    """Collects the messages of WARNING and above, to attach to one module's logger in a test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def make_colour_folders(root: Path, train_per_class: int = 6, val_per_class: int = 3) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import WarningRecords
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
@@ -17,18 +18,9 @@ from gigatok.data.images import ImageDataError, ImageFolderDataset, list_image_f
 PHOTOS = Path(__file__).resolve().parents[1] / "gt_qualitative"
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture
 def warnings_of_images_module():
-    handler, logger = _Records(), logging.getLogger("gigatok.data.images")
+    handler, logger = WarningRecords(), logging.getLogger("gigatok.data.images")
     logger.addHandler(handler)
     yield handler.messages
     logger.removeHandler(handler)

@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import WarningRecords
 
 from gigatok.tokenizer.perceptual import (
     LPIPS,
@@ -56,18 +57,9 @@ def test_parity_with_lpips_package_via_torch_hub_cache(reference, tmp_path, monk
     assert torch.allclose(ours(a, a), torch.zeros(3))
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_random_backbone_is_explicit_seeded_and_loud(reference):
     # A handler on the module logger itself: the `gigatok` logger may not propagate to pytest's root handler.
-    handler, logger = _Records(), logging.getLogger("gigatok.tokenizer.perceptual")
+    handler, logger = WarningRecords(), logging.getLogger("gigatok.tokenizer.perceptual")
     logger.addHandler(handler)
     try:
         one, two = LPIPS(random_backbone=True), LPIPS(random_backbone=True)
