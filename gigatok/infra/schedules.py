@@ -16,6 +16,9 @@ Formulas (SPEC_gigatok §6.1, §6.3; W = warmup, N = total steps):
       W <= s < hold: base;  s >= hold: end + (base - end) * max(1 - f((s - hold) / anneal), 0)
       with f = sqrt (official), or identity ("linear"), or 1 - (1 + cos(pi x)) / 2 ("cosine").
 - `constant`, s >= W:              base
+Official tokenizer names (`vq_train.py`): `const` is `constant`; `cosine` is `cosine_v2` ending at 0 whatever
+`end_lr` says (official `cosine_lr`). The GPT trainer's `cosine` is a different curve (`cosine_v2` to `end_lr`):
+`train_c2i` maps its names before calling here.
 Past N every schedule stays at its final value (the official cosine would swing back up; runs never get there).
 """
 from __future__ import annotations
@@ -101,7 +104,7 @@ def constant(step: int, base_lr: float, warmup: int = 0) -> float:
     return base_lr
 
 
-SCHEDULES = ("cosine_v2", "wsd", "constant")
+SCHEDULES = ("cosine_v2", "wsd", "constant", "cosine", "const")
 
 
 def build_lr_schedule(name: str | None, base_lr: float, *, warmup: int = 0, total_steps: int | None = None,
@@ -109,7 +112,8 @@ def build_lr_schedule(name: str | None, base_lr: float, *, warmup: int = 0, tota
     """Turn a config's schedule name into a `step -> lr` callable.
 
     Args:
-        name: "cosine_v2", "wsd", "constant" (None and "none" mean "constant", as in LlamaGen).
+        name: "cosine_v2", "wsd", "constant" (None and "none" mean "constant", as in LlamaGen), or the official
+            tokenizer names "const" (= "constant") and "cosine" (= "cosine_v2" with end_lr 0).
         base_lr: peak learning rate.
         warmup: warm-up steps.
         total_steps: total optimizer steps of the run; required by "cosine_v2" and "wsd".
@@ -123,7 +127,9 @@ def build_lr_schedule(name: str | None, base_lr: float, *, warmup: int = 0, tota
     Raises:
         ValueError: for an unknown name, a missing/too small `total_steps`, or negative values.
     """
-    name = "constant" if name in (None, "none") else name
+    name = "constant" if name in (None, "none", "const") else name
+    if name == "cosine":  # official tokenizer `cosine_lr`: decays to 0
+        name, end_lr = "cosine_v2", 0.0
     if name not in SCHEDULES:
         raise ValueError(f"unknown lr schedule '{name}': use one of {SCHEDULES}")
     if base_lr < 0 or end_lr < 0 or warmup < 0:

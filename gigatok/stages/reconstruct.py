@@ -24,6 +24,11 @@ reconstruction npz with --gt-npz-path, the reference `scripts/val.sh` builds fro
 clears all of --sample-dir, we spare other runs and the reference); --merge only re-prints the results of a finished
 run. Rank 0 reads the PNGs and records of every rank, so multi-node runs need a shared file system (as officially).
 
+--mul-rec-levels a,b,c (1D tokenizer) reconstructs with only the first tokens, once per level, each into the folder
+above plus `-c-type-<causal_type>-cur-level-<level>` (2**level tokens for causal_type per-level, else `level`);
+--plot then draws, per image, its reconstructions from the fewest tokens to the most (`trending_<idx>.png` in
+--sample-dir; gigatok/engine/recon_levels.py).
+
 Run it with torchrun (scripts/reconstruction.sh) or as a single process (`python -m gigatok.stages.reconstruct ...`);
 each rank reconstructs a strided shard of the images.
 """
@@ -50,6 +55,12 @@ from gigatok.config import VQConfig, load_config
 from gigatok.data.images import ImageFolderDataset, find_unreadable, report_unreadable
 from gigatok.data.transforms import to_uint8
 from gigatok.engine.pretrained import ensure_lpips_weights
+from gigatok.engine.recon_levels import (
+    level_folder,
+    parse_levels,
+    plot_trend,
+    prefix_tokens,
+)
 from gigatok.errors import UserError
 from gigatok.eval.adm import check_evaluator, evaluate_npz
 from gigatok.eval.guards import check_pair, emit_warnings
@@ -128,6 +139,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--precision", type=str, choices=["none", "fp16", "bf16"], default="none",
                         help="autocast dtype for the tokenizer (LPIPS always runs in fp32)")
+    parser.add_argument("--mul-rec-levels", type=str, default=None,
+                        help="comma-separated levels: reconstruct with only the first tokens (1D tokenizer), once per "
+                             "level: 2**level tokens for causal_type per-level, else `level` tokens")
+    parser.add_argument("--plot", action="store_true",
+                        help="with --mul-rec-levels: a trend figure per image across the levels (trending_*.png)")
     parser.add_argument("--interpolate-pos-embed", action="store_true",
                         help="resize the checkpoint's positional tables when --image-size differs from the config")
     return parser.parse_args(argv)
@@ -153,8 +169,9 @@ def make_grid(pairs: list[tuple[int, np.ndarray, np.ndarray]]) -> np.ndarray:
     return grid
 
 
-def check_flags(args: argparse.Namespace) -> tuple[VQConfig, Path]:
-    """Flag checks shared by both modes (before any expensive work); returns the config and the output folder."""
+def check_flags(args: argparse.Namespace, level: int | None = None) -> tuple[VQConfig, Path]:
+    """Flag checks shared by both modes (before any expensive work); returns the config and the output folder
+    (of `level`, one of --mul-rec-levels, when given)."""
     if args.quant_way != "vq":
         raise UserError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -176,7 +193,35 @@ def check_flags(args: argparse.Namespace) -> tuple[VQConfig, Path]:
     folder_name = (f"{config.model.model_cls}-{args.dataset}-size-{args.image_size}-size-{args.image_size_eval}-"
                    f"codebook-size-{init_args.codebook_size}-dim-{init_args.codebook_embed_dim}-"
                    f"seed-{args.global_seed}-{checkpoint_tag(args.vq_ckpt)}")
-    return config, Path(args.sample_dir) / folder_name
+    out_dir = Path(args.sample_dir) / folder_name
+    if level is None:
+        return config, out_dir
+    return config, level_folder(out_dir, config.model.causal_settings.causal_type, level)
+
+
+def check_levels(args: argparse.Namespace) -> tuple[list[int] | None, dict[int, int]]:
+    """--mul-rec-levels and --plot: (levels or None, level -> tokens kept), checked against the tokenizer config."""
+    try:
+        levels = parse_levels(args.mul_rec_levels)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if levels is None:
+        if args.plot:
+            raise UserError("--plot draws each image's reconstructions across --mul-rec-levels: pass "
+                            "--mul-rec-levels too (e.g. --mul-rec-levels 2,4,6,8)")
+        return None, {}
+    config = load_config(args.model_config)
+    if config.model.model_cls != "VQVitModelPlus":
+        raise UserError(f"--mul-rec-levels needs a 1D tokenizer (VQVitModelPlus); '{args.model_config}' is a "
+                        f"{config.model.model_cls}, which always encodes all its tokens")
+    causal, total = config.model.causal_settings.causal_type, config.model.init_args.num_latent_tokens
+    tokens = {level: prefix_tokens(level, causal) for level in levels}
+    bad = [level for level, n in tokens.items() if not 1 <= n <= total]
+    if bad:
+        rule = "2**level" if causal == "per-level" else "level"
+        raise UserError(f"--mul-rec-levels {bad}: with causal_type {causal} a level keeps {rule} tokens, which must be "
+                        f"between 1 and the tokenizer's {total} tokens")
+    return levels, tokens
 
 
 def setup_run(args: argparse.Namespace,
@@ -220,11 +265,12 @@ def make_loader(dataset: ImageFolderDataset, indices: list[int], args: argparse.
 
 @torch.no_grad()
 def reconstruct_batch(tokenizer: torch.nn.Module, images: torch.Tensor, autocast: contextlib.AbstractContextManager,
-                      size_eval: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      size_eval: int, num_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """images (B, 3, S, S) in [-1, 1] -> (codes (B, L) int64, recon (B, 3, S_eval, S_eval) float32 unclamped,
-    images resized to S_eval like the reconstruction (bicubic, as the official script))."""
+    images resized to S_eval like the reconstruction (bicubic, as the official script)). `num_tokens`: encode
+    to the first T tokens only (1D tokenizer; codes (B, T))."""
     with autocast:
-        codes = tokenizer.encode_to_codes(images)  # (B, L) int64
+        codes = tokenizer.encode_to_codes(images, num_tokens=num_tokens)  # (B, L) int64
         recon = tokenizer.decode_code(codes)  # (B, 3, S, S), unclamped
     recon = recon.float()
     if size_eval != images.shape[-1]:
@@ -234,17 +280,28 @@ def reconstruct_batch(tokenizer: torch.nn.Module, images: torch.Tensor, autocast
 
 
 def reconstruct(args: argparse.Namespace) -> Path:
-    """The reconstruction stage in the mode the flags ask for; returns the output folder."""
-    return reconstruct_qualitative(args) if args.qualitative else reconstruct_quantitative(args)
+    """The reconstruction stage in the mode the flags ask for; returns the output folder (--sample-dir when
+    reconstructing at several --mul-rec-levels)."""
+    run = reconstruct_qualitative if args.qualitative else reconstruct_quantitative
+    levels, tokens = check_levels(args)
+    if levels is None:
+        return run(args)
+    folders = {level: run(args, level=level, num_tokens=tokens[level]) for level in levels}
+    if args.plot and is_main_process():
+        figures = plot_trend(folders, tokens, Path(args.sample_dir))
+        setup_logging().info(f"--plot: {len(figures)} trend figures (trending_*.png) in '{args.sample_dir}'")
+    barrier()
+    return Path(args.sample_dir)
 
 
-def reconstruct_qualitative(args: argparse.Namespace) -> Path:
-    """Save every reconstruction next to its input, plus a grid (and LPIPS with --lpips)."""
+def reconstruct_qualitative(args: argparse.Namespace, level: int | None = None, num_tokens: int | None = None) -> Path:
+    """Save every reconstruction next to its input, plus a grid (and LPIPS with --lpips); `level`/`num_tokens`: one
+    of --mul-rec-levels and the tokens it keeps."""
     # Check flags and external files before any expensive work.
     use_random_lpips = args.lpips and random_backbone_requested()
     if args.lpips and not use_random_lpips:
         ensure_lpips_weights()  # downloads the VGG16 file if missing, or fails here naming it
-    config, out_dir = check_flags(args)
+    config, out_dir = check_flags(args, level)
 
     # Setup distributed, logging and data: every rank takes a strided shard, so image i is handled by rank i % W.
     dist_info, logger, autocast = setup_run(args)
@@ -269,7 +326,7 @@ def reconstruct_qualitative(args: argparse.Namespace) -> Path:
     lpips_sum, grid_pairs = 0.0, []
     for images, indices in tqdm(loader, disable=not is_main_process(), desc="reconstruct"):
         _, recon, images = reconstruct_batch(tokenizer, images.to(device, non_blocking=True), autocast,
-                                             args.image_size_eval)
+                                             args.image_size_eval, num_tokens)
         # LPIPS on the raw decoder output, like the training loss; the saved PNG is the clamped one.
         with torch.no_grad():
             distances = lpips_model(recon, images).tolist() if lpips_model is not None else None
@@ -324,14 +381,14 @@ def merge_results(results_path: Path) -> Path:
     return results_path
 
 
-def run_key(args: argparse.Namespace, num_images: int, lpips_kind: str | None) -> str:
+def run_key(args: argparse.Namespace, num_images: int, lpips_kind: str | None, num_tokens: int | None = None) -> str:
     """What per-image records depend on: a resumed run reuses records only when all of this is unchanged."""
     ckpt = Path(args.vq_ckpt) if args.vq_ckpt else None
     ckpt_id = [str(ckpt.resolve()), ckpt.stat().st_mtime_ns] if ckpt and ckpt.is_file() else args.vq_ckpt
     return json.dumps({"data_path": str(Path(args.data_path).resolve()), "num_images": num_images,
                        "vq_ckpt": ckpt_id, "config": str(Path(args.model_config).resolve()),
                        "image_size": args.image_size, "image_size_eval": args.image_size_eval,
-                       "precision": args.precision, "lpips": lpips_kind})
+                       "precision": args.precision, "lpips": lpips_kind, "num_tokens": num_tokens})
 
 
 def check_quantitative_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
@@ -348,10 +405,12 @@ def check_quantitative_inputs(args: argparse.Namespace) -> tuple[dict[str, Any],
     return gt_info, lpips_kind
 
 
-def reconstruct_quantitative(args: argparse.Namespace) -> Path:
-    """Reconstruct a validation folder and score it: PSNR, SSIM, LPIPS, codebook usage, rFID/sFID/IS/P/R."""
+def reconstruct_quantitative(args: argparse.Namespace, level: int | None = None,
+                             num_tokens: int | None = None) -> Path:
+    """Reconstruct a validation folder and score it: PSNR, SSIM, LPIPS, codebook usage, rFID/sFID/IS/P/R;
+    `level`/`num_tokens`: one of --mul-rec-levels and the tokens it keeps."""
     # Check flags and external files before any expensive work.
-    config, out_dir = check_flags(args)
+    config, out_dir = check_flags(args, level)
     results_path = out_dir.with_name(f"{out_dir.name}_results.json")
     if args.merge:
         return merge_results(results_path)
@@ -371,7 +430,7 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
     emit_warnings(check_pair({"path": str(recon_npz), "count": num_images, "height": args.image_size_eval,
                               "width": args.image_size_eval, "kind": "reconstruction"}, gt_info, "reconstruction"),
                   logger)
-    key = run_key(args, num_images, lpips_kind)
+    key = run_key(args, num_images, lpips_kind, num_tokens)
     previous = load_run_records(out_dir, codebook_size, key, num_images)
     records = previous if rank == 0 else ReconRecords(codebook_size, key)  # rank 0 carries the earlier records
     todo = [i for i in range(num_images) if i not in previous.values]
@@ -399,7 +458,8 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
         tokenizer = load_tokenizer(args.vq_ckpt, config, device=device,
                                    interpolate_pos_embed=args.interpolate_pos_embed)
         lpips_model = LPIPS(random_backbone=lpips_kind == "random").to(device) if lpips_kind else None
-    score_shard(args, tokenizer, lpips_model, dataset, shard, records, records_path, out_dir, device, autocast)
+    score_shard(args, tokenizer, lpips_model, dataset, shard, records, records_path, out_dir, device, autocast,
+                num_tokens)
 
     # Reduce over ranks; rank 0 packs the npz and evaluates alone (a long evaluation must not hold the others in
     # a collective with a timeout, so they are done here).
@@ -417,7 +477,8 @@ def reconstruct_quantitative(args: argparse.Namespace) -> Path:
 
 def score_shard(args: argparse.Namespace, tokenizer: torch.nn.Module | None, lpips_model: LPIPS | None,
                 dataset: ImageFolderDataset, shard: list[int], records: ReconRecords, records_path: Path,
-                out_dir: Path, device: torch.device, autocast: contextlib.AbstractContextManager) -> None:
+                out_dir: Path, device: torch.device, autocast: contextlib.AbstractContextManager,
+                num_tokens: int | None = None) -> None:
     """Reconstruct and score this rank's images `shard` (dataset indices): save each PNG `{idx:06d}.png`, then add its
     PSNR, SSIM (official and standard data range), LPIPS and codes to `records`, which are saved to `records_path`
     every RECORDS_SAVE_SECONDS and at the end (a resumed run trusts only images whose records were saved).
@@ -426,7 +487,7 @@ def score_shard(args: argparse.Namespace, tokenizer: torch.nn.Module | None, lpi
     for images, indices in tqdm(make_loader(dataset, shard, args, device) if shard else [],
                                 disable=not is_main_process(), desc="reconstruct"):
         codes, recon, images = reconstruct_batch(tokenizer, images.to(device, non_blocking=True), autocast,
-                                                 args.image_size_eval)
+                                                 args.image_size_eval, num_tokens)
         with torch.no_grad():
             lpips = lpips_model(recon, images).float().cpu().numpy() if lpips_model is not None else None
         recon_uint8 = to_uint8(recon).numpy()  # (B, S, S, 3)

@@ -48,6 +48,23 @@ def multi_level_queries(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return torch.cat(groups, dim=1)
 
 
+def causal_query_mask(num_tokens: int, causal_type: str, device: torch.device | None = None) -> torch.Tensor:
+    """Self-attention mask of the 1D encoder's queries, (T, T) bool with True = masked (official `get_attn_mask`).
+
+    "per-token": token i attends to tokens 0..i. "per-level": tokens are grouped into levels [0, 2), [2, 4), [4, 8),
+    ... and attend to their own level and all earlier ones, so every prefix of 2**k tokens is self-contained.
+    """
+    if causal_type == "per-token":
+        return ~torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=device).tril()
+    if causal_type != "per-level":
+        raise ValueError(f"unknown causal_type '{causal_type}': use 'per-token' or 'per-level'")
+    mask = torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=device)
+    for level in range(round(math.log2(num_tokens)) + 1):
+        start, end = (0 if level == 0 else 2**level), 2 ** (level + 1)
+        mask[start:end, :end] = False
+    return mask
+
+
 def make_distill_mlp(width: int, out_dim: int, distill_depth: int, num_layers: int) -> nn.Sequential:
     """REPA-style projector from decoder states (D) to the teacher's features (Dt): Linear-SiLU-Linear-SiLU-Linear
     with hidden width 4D (keys `distill_mlp.{0,2,4}`)."""
@@ -93,9 +110,18 @@ class QFormerEncoder(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.conv_out = nn.Conv2d(width, token_size, kernel_size=1)
 
-    def forward(self, s: torch.Tensor, return_feat: bool = False) -> torch.Tensor:
-        """s (B, Cz, G, G) -> (B, Cz, 1, L); with `return_feat`, the pre-`conv_out` features (B, D, 1, L)."""
+    def forward(self, s: torch.Tensor, return_feat: bool = False, num_tokens: int | None = None,
+                causal_type: str | None = None) -> torch.Tensor:
+        """s (B, Cz, G, G) -> (B, Cz, 1, T); with `return_feat`, the pre-`conv_out` features (B, D, 1, T).
+
+        Args:
+            num_tokens: T, keep only the first T of the L queries (default: all L).
+            causal_type: None (queries attend to each other freely), "per-token" or "per-level" (`causal_query_mask`).
+        """
         b = s.shape[0]
+        t = self.num_latent_tokens if num_tokens is None else num_tokens
+        if not 1 <= t <= self.num_latent_tokens:
+            raise ValueError(f"num_tokens {t} must be in 1..{self.num_latent_tokens} (num_latent_tokens)")
         x = self.encoder_embed(self.ln_pre(s.flatten(2).transpose(1, 2)))  # (B, Cz, G, G) -> (B, G*G, D)
         if self.query_init == "multi_level":
             grid = x.transpose(1, 2).reshape(b, self.width, self.grid_size, self.grid_size)  # -> (B, D, G, G)
@@ -104,12 +130,14 @@ class QFormerEncoder(nn.Module):
             queries = _tokens(self.query_1d).expand(b, -1, -1).to(x.dtype)
         else:
             queries = self.global_proj(x.mean(dim=1, keepdim=True)).expand(-1, self.num_latent_tokens, -1)
+        queries = queries[:, :t]  # (B, L, D) -> (B, T, D): the first T queries (all of them unless a prefix is asked)
         pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, G*G, D)
-        query_pos = _tokens(self.latent_token_positional_embedding).to(x.dtype)  # (1, L, D)
+        query_pos = _tokens(self.latent_token_positional_embedding)[:, :t].to(x.dtype)  # (1, T, D)
+        mask = None if causal_type is None else causal_query_mask(t, causal_type, x.device)
         memory_with_pos = x + pos  # identical for every layer: computed once
         for layer in self.transformer:
-            queries = layer(queries, x, pos, query_pos, memory_with_pos=memory_with_pos)
-        h = self.ln_post(queries).transpose(1, 2).unsqueeze(2)  # (B, L, D) -> (B, D, 1, L)
+            queries = layer(queries, x, pos, query_pos, memory_with_pos=memory_with_pos, tgt_mask=mask)
+        h = self.ln_post(queries).transpose(1, 2).unsqueeze(2)  # (B, T, D) -> (B, D, 1, T)
         return h if return_feat else self.conv_out(h)
 
 

@@ -122,8 +122,13 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             return self.distances(self._flatten(z), self.codebook()).argmin(dim=1).view(b, h * w)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, QuantizerLosses, torch.Tensor]:
+    def forward(self, z: torch.Tensor, replace_ratio: float | None = None
+                ) -> tuple[torch.Tensor, QuantizerLosses, torch.Tensor]:
         """Quantize z (B, Dc, H, W) of any float dtype.
+
+        Args:
+            replace_ratio: in training, each token keeps its continuous (normalised) value instead of its codeword
+                with this probability (official `random_mix_reg`; the official code only runs it with `rot`).
 
         Returns:
             quant: (B, Dc, H, W) float32; its value is the (normalised) codeword, its gradient that of the
@@ -154,6 +159,9 @@ class VectorQuantizer(nn.Module):
                 quant = rotate_to(z_n / z_n.norm(dim=-1, keepdim=True), z_q)
             else:
                 quant = z_n + (z_q - z_n).detach()
+            if replace_ratio and self.training:
+                keep = torch.bernoulli(torch.full((z_n.shape[0], 1), float(replace_ratio), device=z_n.device))
+                quant = torch.where(keep.bool(), z_n, quant)  # (N, 1) mask broadcast over Dc
         quant = quant.view(b, h, w, self.code_dim).permute(0, 3, 1, 2)  # (N, Dc) -> (B, Dc, H, W)
         return quant, losses, indices.view(b, h * w)
 

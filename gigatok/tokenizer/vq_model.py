@@ -81,7 +81,7 @@ def _init_weights(module: nn.Module) -> None:
 class _HybridTokenizer(nn.Module):
     """Shared body of the 1D and 2D tokenizers; subclasses build `token_encoder` / `token_decoder`."""
 
-    def __init__(self, args: VQModelArgs) -> None:
+    def __init__(self, args: VQModelArgs, causal_type: str | None = None) -> None:
         super().__init__()
         on = [name for name in _UNSUPPORTED if getattr(args, name)]
         if on:
@@ -98,6 +98,7 @@ class _HybridTokenizer(nn.Module):
         if args.model_size is not None and (args.encoder_size or args.decoder_size):
             raise ValueError("set either model_size or encoder_size/decoder_size, not both (official rule)")
         self.args = args
+        self.causal_type = causal_type  # model.causal_settings.causal_type: how the 1D encoder's queries attend
         self.image_size = args.image_size
         self.grid_size = args.image_size // 2**levels
         self.codebook_size = args.codebook_size
@@ -133,6 +134,14 @@ class _HybridTokenizer(nn.Module):
         """(height, width) of the quantized latent map: (1, L) for 1D tokens, (G, G) for 2D."""
         raise NotImplementedError
 
+    def _tokenize(self, s: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+        """CNN features (B, Cz, G, G) -> token features (B, Cz, *latent_shape); `num_tokens`: 1D prefixes only."""
+        raise NotImplementedError
+
+    def _codes_shape(self, codes: torch.Tensor) -> tuple[int, int]:
+        """Latent shape of `codes` (B, T): the full latent_shape (1D subclasses also accept a prefix T < L)."""
+        return self.latent_shape
+
     # -- public API -------------------------------------------------------------------------------------------------
     @property
     def num_tokens(self) -> int:
@@ -140,11 +149,15 @@ class _HybridTokenizer(nn.Module):
         h, w = self.latent_shape
         return h * w
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, QuantizerLosses, dict[str, torch.Tensor]]:
+    def encode(self, images: torch.Tensor, num_tokens: int | None = None, replace_ratio: float | None = None
+               ) -> tuple[torch.Tensor, QuantizerLosses, dict[str, torch.Tensor]]:
         """Encode images to quantized latents, with the quantizer's losses (training and inspection).
 
         Args:
             images: (B, 3, S, S) float in [-1, 1], S = image_size.
+            num_tokens: 1D tokenizer only: encode to the first T tokens (latent_shape (1, T)); default all L.
+            replace_ratio: training only, the chance that a token keeps its continuous value instead of its
+                codeword (official `random_mix_reg`); None: never.
 
         Returns:
             quant: (B, Dc, *latent_shape) float32, the codewords of `codes` (unit-norm Dc-vectors with
@@ -157,10 +170,10 @@ class _HybridTokenizer(nn.Module):
         """
         s = self.encoder(images)  # (B, 3, S, S) -> (B, Cz, G, G), G = S / f
         # token_encoder: (B, Cz, G, G) -> (B, Cz, *latent_shape); quant_conv (1x1): -> (B, Dc, *latent_shape)
-        h = self.quant_conv(self.token_encoder(s))
+        h = self.quant_conv(self._tokenize(s, num_tokens))
         # quantize: (B, Dc, *latent_shape) -> flattened (B*L, Dc) -> nearest codewords, reshaped back to
         # quant (B, Dc, *latent_shape); codes (B*L,) -> (B, L)
-        quant, losses, codes = self.quantize(h)
+        quant, losses, codes = self.quantize(h, replace_ratio=replace_ratio)
         return quant, losses, {"codes": codes, "enc_cnn": s, "pre_quant": h}
 
     def decode_with_features(self, quant: torch.Tensor, ret_inner_feat: bool = False
@@ -176,10 +189,12 @@ class _HybridTokenizer(nn.Module):
         return self.decode_with_features(quant)[0]
 
     def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes (B, L) or (B*L,) int64 -> pixels (B, 3, S, S), decoded from the exact normalised codewords."""
-        return self.decode(self.quantize.lookup(codes, self.latent_shape))
+        """Codes (B, L) or (B*L,) int64 -> pixels (B, 3, S, S), decoded from the exact normalised codewords.
 
-    def encode_to_codes(self, images: torch.Tensor) -> torch.Tensor:
+        1D tokenizer: (B, T) codes with T < L (a prefix, see `encode_to_codes(num_tokens=T)`) decode too."""
+        return self.decode(self.quantize.lookup(codes, self._codes_shape(codes)))
+
+    def encode_to_codes(self, images: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
         """Encode images to codes only (no losses, no rotation: inference only).
 
         Args:
@@ -188,19 +203,20 @@ class _HybridTokenizer(nn.Module):
         Returns:
             (B, L) int64 codes in [0, K): for the 1D tokenizer in Q-Former query order (coarse to fine with the
             released multi-level query init), for the 2D one in raster order over the G x G grid. The same codes as
-            `encode(images)[2]["codes"]` in eval mode.
+            `encode(images)[2]["codes"]` in eval mode. With `num_tokens` T (1D only): (B, T), the first T tokens.
         """
         # encoder: (B, 3, S, S) -> (B, Cz, G, G); token_encoder: -> (B, Cz, *latent_shape);
         # quant_conv (1x1): -> (B, Dc, *latent_shape); quantize_to_codes: permute + flatten to (B*L, Dc),
         # argmin over the K codewords -> (B*L,), view -> (B, L)
-        return self.quantize.quantize_to_codes(self.quant_conv(self.token_encoder(self.encoder(images))))
+        return self.quantize.quantize_to_codes(self.quant_conv(self._tokenize(self.encoder(images), num_tokens)))
 
     def decoder_features(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, L) -> states of decoder layer `distill_depth` before the distill MLP, (B, G*G, D) (probing)."""
         quant = self.post_quant_conv(self.quantize.lookup(codes, self.latent_shape))
         return self.token_decoder(quant, return_feat=True)[1]
 
-    def forward(self, images: torch.Tensor, rec_loss: bool = True, ret_inner_feat: bool = False) -> TokenizerOutput:
+    def forward(self, images: torch.Tensor, rec_loss: bool = True, ret_inner_feat: bool = False,
+                num_tokens: int | None = None, replace_ratio: float | None = None) -> TokenizerOutput:
         """Training forward.
 
         Args:
@@ -208,8 +224,9 @@ class _HybridTokenizer(nn.Module):
             rec_loss: also compute the auxiliary shortcut outputs (`recon_direct`, `fea_rec_loss`), as the official
                 trainer does until `aux_loss_end`.
             ret_inner_feat: also return the distill-MLP features for semantic regularisation.
+            num_tokens, replace_ratio: see `encode` (dynamic-length training, `random_mix_reg`).
         """
-        quant, losses, info = self.encode(images)
+        quant, losses, info = self.encode(images, num_tokens, replace_ratio)
         recon, rec_spatial, inner = self.decode_with_features(quant, ret_inner_feat)
         out = TokenizerOutput(recon=recon, quant_losses=losses, codes=info["codes"], inner_feat=inner)
         if rec_loss:
@@ -257,11 +274,20 @@ class VQVitModelPlus(_HybridTokenizer):
     def latent_shape(self) -> tuple[int, int]:
         return 1, self.args.num_latent_tokens
 
+    def _tokenize(self, s: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+        return self.s2to1encoder(s, num_tokens=num_tokens, causal_type=self.causal_type)
+
+    def _codes_shape(self, codes: torch.Tensor) -> tuple[int, int]:
+        return 1, (codes.shape[-1] if codes.dim() == 2 else self.args.num_latent_tokens)
+
 
 class VQVitModel2DPlus(_HybridTokenizer):
     """2D tokenizer: ViT `s2dencoder` / `s2ddecoder` on the G x G grid, codes in raster order."""
 
     def _build_token_transformers(self, args: VQModelArgs) -> None:
+        if self.causal_type is not None:
+            raise ValueError(f"causal_settings.causal_type '{self.causal_type}' needs the 1D tokenizer "
+                             "(VQVitModelPlus); the 2D tokenizer has no token order to make causal")
         width, layers, heads = _transformer_size(args.encoder_size or args.model_size, "encoder")
         self.s2dencoder = ViTEncoder2D(self.grid_size, width, layers, heads, args.z_channels, args.dropout_p,
                                        args.transformer_layer_type, args.use_qk_norm)
@@ -281,6 +307,12 @@ class VQVitModel2DPlus(_HybridTokenizer):
     @property
     def latent_shape(self) -> tuple[int, int]:
         return self.grid_size, self.grid_size
+
+    def _tokenize(self, s: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+        if num_tokens is not None:
+            raise ValueError("the 2D tokenizer always encodes all G*G tokens; a token prefix (num_tokens, "
+                             "--mul-rec-levels) needs the 1D tokenizer")
+        return self.s2dencoder(s)
 
 
 # Model classes by their official `model.model_cls` name.

@@ -129,3 +129,22 @@ def test_no_fused_kernel_for_parameters_it_does_not_take():
     assert not build_adamw(meta, lr=1e-3).defaults["fused"]
     double = Toy().to(torch.float64)
     assert not build_adamw(double, lr=1e-3).defaults["fused"]
+
+
+def test_adam_couples_weight_decay_into_the_gradient_as_the_official_adam_option():
+    # One step from the same state: `algorithm="Adam"` equals torch.optim.Adam (L2 decay through the moments),
+    # which moves a zero-gradient parameter by lr * sign(wd * p), unlike AdamW's lr * wd * p.
+    model_a, model_b = Toy(), Toy()
+    model_b.load_state_dict(model_a.state_dict())
+    ours = build_adamw(model_a, lr=0.1, weight_decay=0.5, algorithm="Adam", fused=False)
+    reference = torch.optim.Adam([p for p in model_b.parameters() if p.requires_grad], lr=0.1,
+                                 betas=(0.9, 0.95), weight_decay=0.5)
+    assert isinstance(ours, torch.optim.Adam) and not isinstance(ours, torch.optim.AdamW)
+    for opt, model in ((ours, model_a), (reference, model_b)):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_adamw(Toy(), lr=1e-4, algorithm="SGD")

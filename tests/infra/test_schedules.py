@@ -66,7 +66,7 @@ def test_build_lr_schedule():
     assert build_lr_schedule(None, 3e-4)(10_000) == 3e-4
     assert build_lr_schedule("none", 3e-4, warmup=2)(0) == pytest.approx(3e-6)
     with pytest.raises(ValueError, match="unknown lr schedule"):
-        build_lr_schedule("cosine", 1e-4, total_steps=10)
+        build_lr_schedule("cosine_v3", 1e-4, total_steps=10)
     with pytest.raises(ValueError, match="total_steps"):
         build_lr_schedule("wsd", 1e-4, warmup=10)
     with pytest.raises(ValueError, match="total_steps"):
@@ -89,3 +89,20 @@ def test_lr_applied_before_each_step():
     assert used == pytest.approx([1e-6, 1e-4 * (0.1 + 0.9 / 100), 1e-4 * (0.2 + 0.8 / 100)])
     assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * lr_at(2))
     assert param.item() == pytest.approx(-sum(used))
+
+
+def test_official_tokenizer_schedule_names():
+    # vq_train.py `cosine`: the official cosine_lr, warm-up then 0.5 (1 + cos(pi e / es)) base, 0 from `steps` on,
+    # whatever end_lr says; `const`: warm-up then base.
+    base, warmup, total = 1e-4, 10, 110
+    cosine = build_lr_schedule("cosine", base, warmup=warmup, total_steps=total, end_lr=1e-5)
+    for step in (0, 5, 10, 35, 60, 109, 110, 500):
+        if step < warmup:
+            expected = base * (step / warmup + (1 - step / warmup) / 100)
+        elif step >= total:
+            expected = 0.0
+        else:
+            expected = 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) * base
+        assert cosine(step) == pytest.approx(expected, abs=1e-15)
+    const = build_lr_schedule("const", base, warmup=warmup)
+    assert [const(s) for s in (0, 10, 10_000)] == [pytest.approx(base / 100), base, base]

@@ -202,3 +202,40 @@ def test_launcher_reports_a_user_error_without_a_traceback(data_dir, tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "missing.pt" in result.stderr and "Traceback" not in result.stderr
     assert "launch: worker rank(s) [0] failed with exit code [2]" in result.stderr
+
+
+def test_mul_rec_levels_reconstruct_from_token_prefixes_and_plot_the_trend(checkpoint, data_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+    """--mul-rec-levels 4,64 --plot: one folder per level (official suffix), the 4-token images are the decoder's
+    output for the first 4 tokens, and one trending_<idx>.png per image shows input, 4 tokens, 64 tokens."""
+    monkeypatch.setenv(RANDOM_BACKBONE_ENV, "1")
+    main(_argv(data_dir, tmp_path / "out", checkpoint, "--lpips", "--mul-rec-levels", "4,64", "--plot"))
+    folders = {level: tmp_path / "out" / f"{FOLDER}-c-type-None-cur-level-{level}" for level in (4, 64)}
+    for folder in folders.values():
+        _check_outputs(folder, with_lpips=True)
+    tokenizer = load_tokenizer(str(checkpoint), str(CONFIG))
+    gt = np.asarray(Image.open(folders[4] / "000002_gt.png"))
+    with torch.no_grad():
+        codes = tokenizer.encode_to_codes(to_tensor_normalized(Image.fromarray(gt))[None], num_tokens=4)
+        recon = to_uint8(tokenizer.decode_code(codes))[0].numpy().astype(int)
+    assert codes.shape == (1, 4)
+    saved = np.asarray(Image.open(next(folders[4].glob("000002_*[0-9].png")))).astype(int)
+    assert np.abs(saved - recon).max() <= 1
+    full = np.asarray(Image.open(next(folders[64].glob("000002_*[0-9].png")))).astype(int)
+    assert np.abs(saved - full).mean() > 0.1  # 4 tokens are not 64 (random weights: a small but real change)
+    figures = sorted(p.name for p in (tmp_path / "out").glob("trending_*.png"))
+    assert figures == [f"trending_{i:06d}.png" for i in range(4)]
+    trend = np.asarray(Image.open(tmp_path / "out" / "trending_000002.png"))
+    assert trend.shape[1] == 3 * 32  # input, 4 tokens, 64 tokens
+    np.testing.assert_array_equal(trend[-32:, :32], gt)
+    np.testing.assert_array_equal(trend[-32:, 32:64], saved)
+    assert "trend figures" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--plot"], "pass --mul-rec-levels too"),
+    (["--mul-rec-levels", "4,x"], "comma-separated integers"),
+    (["--mul-rec-levels", "65"], "between 1 and the tokenizer's 64 tokens"),
+])
+def test_mul_rec_levels_mistakes(checkpoint, data_dir, tmp_path, capsys, extra, message):
+    assert message in _run_expecting_exit_2(_argv(data_dir, tmp_path / "out", checkpoint, *extra), capsys)
