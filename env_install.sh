@@ -124,7 +124,8 @@ if [[ ! -x "$PY" ]]; then
   exit 1
 fi
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-  echo "env_install.sh: GigaTok needs Python >= 3.10, $PY is $("$PY" -V 2>&1)" >&2
+  echo "env_install.sh: GigaTok needs Python >= 3.10, $PY is $("$PY" -V 2>&1) (the official README's Python 3.9 is" \
+       "too old for torch 2.14). Use e.g. 'conda create -n gigatok python=3.11' or 'PYTHON=python3.11 bash env_install.sh'." >&2
   exit 1
 fi
 log "python: $PY ($("$PY" -V 2>&1))"
