@@ -68,7 +68,7 @@ def build_tokenizer(config: VQConfig | str | os.PathLike, device: str | torch.de
         args = dataclasses.replace(args, out_inner_dim=TEACHER_DIMS[teacher])
     try:
         with torch.device(device):
-            return TOKENIZER_MODELS[name](args)
+            return TOKENIZER_MODELS[name](args, causal_type=config.model.causal_settings.causal_type)
     except ValueError as err:  # invalid combinations of model options are config errors
         raise ConfigError(f"model.init_args: {err}") from None
 
@@ -180,6 +180,22 @@ def load_tokenizer(checkpoint: str | os.PathLike | None, config: VQConfig | str 
                            hint=_config_hint(checkpoint, config, recorded))
     restore_memory_format(tokenizer)  # adopted tensors keep the checkpoint's layout
     return tokenizer.to(device).eval()
+
+
+def load_frozen_encoder(checkpoint: str | os.PathLike | None, config: VQConfig | str | os.PathLike,
+                        device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The tokenizer of `load_tokenizer` ("ema" weights first) without its decoding half, frozen, for turning images
+    into codes inside a training loop (official `create_local_tokenizer`, which deletes the decoders too).
+
+    Only `encode_to_codes` (and `encode`) may be called on it. The decoders are dropped before the move to `device`,
+    so the GPU never holds them (most of an XL-XXL tokenizer's 2.9B parameters).
+    """
+    tokenizer = load_tokenizer(checkpoint, config, device="cpu")
+    decoding = {id(tokenizer.decoder), id(tokenizer.token_decoder), id(tokenizer.post_quant_conv)}
+    for name, child in list(tokenizer.named_children()):
+        if id(child) in decoding:
+            delattr(tokenizer, name)
+    return tokenizer.requires_grad_(False).to(device).eval()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train a GigaTok tokenizer with FSDP2 through torchrun (official scripts/train_vq_fsdp.sh -> vq_train_fsdp.py):
-# the Q-Former layers and the root are fully sharded; the small discriminator stays under DDP.
+# --data-parallel fsdp (the official default: the Q-Former layers and the root fully sharded; sdp and hsdp as in
+# scripts/train_c2i_fsdp.sh); the small discriminator stays under DDP.
 # Same environment knobs and arguments as scripts/train_vq.sh, e.g. the XL-XXL recipe:
 #   gpus=8 bash scripts/train_vq_fsdp.sh --model-config configs/vq/VQ_XLXXL256.yaml \
 #       --data-path ${IMGNET_ROOT}/ILSVRC2012_img_train/ --save-path results/tokenizers/vq --sub-exp-dir VQ_XLXXL256 \

@@ -95,9 +95,16 @@ class GPTDataConfig:
     code_path: Optional[str] = None
     """Code folder from gigatok extract_codes (or the official layout)."""
     data_path: Optional[str] = None
-    """Image folder (ImageFolder layout); training records it, val_loss_c2i tokenizes it on the fly."""
+    """Image folder (ImageFolder layout: one sub-folder per class), tokenized on the fly by train_c2i --dataset
+    imagenet and val_loss_c2i."""
     dataset: str = field(default="imagenet_code", metadata=choice("imagenet_code", "imagenet"))
-    """imagenet_code: pre-extracted codes (--code-path); imagenet: images tokenized on the fly (not in training)."""
+    """imagenet_code: pre-extracted codes (--code-path); imagenet: the images of --data-path, tokenized on the fly by
+    the frozen tokenizer (--vq-ckpt, --tok-config) in the training loop."""
+    image_aug: str = field(default="random_crop", metadata={**choice("random_crop", "center_flip", "ten_crop"),
+                                                            "flag": None})
+    """train_c2i --dataset imagenet: the view of each image per epoch: random_crop (official: ADM random crop, flip
+    with p 0.5), center_flip or ten_crop (one of the views extract_codes stores without / with --ten-crop, drawn
+    as training on those codes draws it). No official flag: --data.image_aug=..."""
     num_workers: int = field(default=24, metadata=between(0, None))
     """DataLoader workers per rank (capped at the CPU cores per rank)."""
 
@@ -143,9 +150,13 @@ class GPTTrainerConfig:
     compile: Optional[bool] = field(default=None, metadata={"negative": "--no-compile"})
     """torch.compile the model (null: on CUDA only; --no-compile: never)."""
     grad_ckpt: bool = False
-    """Activation checkpointing of the transformer blocks."""
-    data_parallel: str = field(default="ddp", metadata=choice("ddp", "fsdp"))
-    """ddp, or fsdp (FSDP2 full sharding of the blocks)."""
+    """Activation checkpointing of the transformer blocks (recomputed in backward; any --data-parallel)."""
+    data_parallel: str = field(default="ddp", metadata=choice("ddp", "sdp", "fsdp", "hsdp"))
+    """ddp (train_c2i.py), or the FSDP2 modes of train_c2i_fsdp.py (scripts/train_c2i_fsdp.sh passes its default,
+    sdp): sdp shards gradients and optimizer state and keeps the gathered blocks from forward to backward; fsdp
+    also frees them after forward; hsdp shards within a node and replicates across nodes."""
+    grad_precision: Optional[str] = field(default=None, metadata=choice("fp32", "bf16", "fp16"))
+    """FSDP modes: dtype gradients are reduced in (null: the --mixed-precision dtype, fp32 for none, as official)."""
     log_every: int = field(default=200, metadata=positive())
     """Log the metrics every N steps."""
     ckpt_every: int = field(default=5000, metadata=positive())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from gigatok.config.checks import between, positive
+from gigatok.config.checks import between, choice, positive
 
 # Transformer sizes shared by the Q-Former encoder/decoder: name -> (width, layers, heads).
 TRANSFORMER_SIZES: dict[str, tuple[int, int, int]] = {
@@ -36,14 +36,27 @@ TEACHER_DIMS: dict[str, int] = {
 }
 
 
+# `model.causal_settings.causal_type` values (official `get_attn_mask`): the 1D encoder's queries attend causally,
+# per token or per level (levels of 2, 2, 4, 8, ... tokens), so that a prefix of the tokens can be decoded alone.
+CAUSAL_TYPES = (None, "per-level", "per-token")
+
+
 @dataclass
 class CausalSettings:
-    """Official `model.causal_settings` block (causal Q-Former experiments; only `causal_type: null` is built)."""
+    """Official `model.causal_settings` block (causal 1D Q-Former encoder, an ablation of the paper).
 
-    causal_type: Optional[str] = None
+    causal_type: None (released configs), "per-level" or "per-token" (see CAUSAL_TYPES); 1D tokenizer only.
+    dynamic_length_train: train on a random prefix of the tokens each step: "per-level" keeps 2**k tokens,
+        "per-token" k tokens, k drawn from `dynamic_level_range` ([start, stop] stepping by start, or an explicit
+        list of 3+ values for per-token) or else min_level..log2(L) (per-level) / min_level..L (per-token), with
+        weights (k / max k) ** (epoch / power_sample_T) (uniform when power_sample_T is null).
+    """
+
+    causal_type: Optional[str] = field(default=None, metadata=choice(*CAUSAL_TYPES[1:]))
     dynamic_length_train: bool = False
     dynamic_level_range: Any = None
     min_level: int = 0
+    power_sample_T: Optional[float] = field(default=None, metadata=positive())
 
 
 @dataclass
@@ -126,6 +139,9 @@ class ModelSection:
     model_cls: str = "VQVitModelPlus"  # or "VQVitModel2DPlus"
     init_args: VQModelArgs = field(default_factory=VQModelArgs)
     causal_settings: CausalSettings = field(default_factory=CausalSettings)
+    # A checkpoint to start a new run from (model, EMA, optimizers, discriminator when present) at step 0; used
+    # only when the run folder holds no checkpoint of its own (official: stage-2 recipes start from stage 1).
+    init_ckpt: Optional[str] = None
 
 
 @dataclass
@@ -133,9 +149,9 @@ class TrainerConfig:
     """`trainer:` block. Official fields first; the rest are ours and default to the official behaviour."""
 
     lr: float = field(default=1e-4, metadata=positive())
-    lr_scheduler: str = "cosine_v2"
+    lr_scheduler: str = "cosine_v2"  # cosine_v2 | cosine (to 0) | const | wsd (official names) | constant | none
     end_lr: float = field(default=1e-5, metadata=between(0, None))
-    optimizer: str = "AdamW"
+    optimizer: str = field(default="AdamW", metadata=choice("AdamW", "Adam"))  # AdamW (decoupled weight decay) | Adam (L2 weight decay), as the official trainer
     global_seed: int = 0
     weight_decay: float = field(default=1e-4, metadata=between(0, None))
     beta1: float = field(default=0.9, metadata=between(0, 1))
@@ -145,6 +161,14 @@ class TrainerConfig:
     distill_model: str = "dinov2-vit-b"
     global_batch_size: Optional[int] = field(default=None, metadata=positive())
     warmup: int = field(default=0, metadata=between(0, None))
+    # From this step on only the CNN pixel decoder trains (everything else frozen) and the semantic loss is off
+    # (official decoder fine-tuning stage); null: never.
+    freeze_but_decoder_iter: Optional[int] = field(default=None, metadata=between(0, None))
+    # Regularisation: each latent token keeps its continuous (normalised) value instead of its codeword with
+    # probability `replace_ratio` during training.
+    random_mix_reg: bool = False
+    replace_ratio: Optional[float] = field(default=None, metadata=between(0, 1))
+    prior_lr_mult: float = 1.0  # LR multiplier of the prior model (`with_prior_model`, not implemented: inert)
     # -- ours: training-run settings the official trainer takes as `vq_train.py` flags (defaults = its defaults) --
     iterations: Optional[int] = None  # total optimizer steps; sets the LR schedule length (--iterations, required)
     early_stop_iter: Optional[int] = None  # stop (and checkpoint) at this step; the schedule still spans `iterations`
@@ -168,9 +192,13 @@ class TrainerConfig:
     wandb_mode: str = "online"  # online | offline | disabled (--no-wandb)
     wandb_project: str = "gigatok"
     tensorboard: bool = False
-    data_parallel: str = "ddp"  # ddp | fsdp (FSDP2 full sharding of the Q-Former layers) | none
+    # ddp | none | the FSDP2 modes of vq_train_fsdp.py (scripts/train_vq_fsdp.sh passes fsdp, its default): fsdp
+    # (full sharding of the Q-Former layers), sdp (gradients + optimizer state sharded, parameters kept from
+    # forward to backward), hsdp (sharded within a node, replicated across nodes)
+    data_parallel: str = field(default="ddp", metadata=choice("ddp", "fsdp", "sdp", "hsdp", "none"))
     decay_policy: Optional[str] = None  # AdamW weight decay; null: "all" (DDP), "no_norm_bias" (FSDP), as official
-    grad_precision: Optional[str] = None  # FSDP gradient reduce dtype (fp32 | bf16 | fp16); null: fp32
+    # FSDP gradient reduce dtype (fp32 | bf16 | fp16 | none = fp32); null: the mixed_precision dtype (official)
+    grad_precision: Optional[str] = field(default=None, metadata=choice("fp32", "bf16", "fp16", "none"))
     compile: bool = False
     activation_checkpointing: bool = False  # recompute Q-Former layer activations in backward
     deterministic: bool = False  # torch.use_deterministic_algorithms(True) (exact-resume tests, debugging)
@@ -209,6 +237,20 @@ class LossParams:
     entropy_loss_end: Optional[int] = None
     use_direct_rec_loss: bool = False
     proj_weight: float = 0.5
+    # The tokenizer is not updated (nor its EMA) before this 1-indexed step; the discriminator still trains from
+    # disc_start on (official trainer: `train_steps + 1 >= gen_start`).
+    gen_start: int = field(default=0, metadata=between(0, None))
+    # Official arguments of discriminators this re-implementation does not build: accepted so that official files
+    # load. disc_semantic_type and gamma (r3gan) change nothing without them; use_semantic_input: True is refused;
+    # dhead is never passed to VQLoss by the official trainer.
+    disc_semantic_type: str = field(default="local", metadata=choice("local", "global"))
+    use_semantic_input: bool = False
+    gamma: float = 15.0
+    dhead: int = 32
+    # ours: True reproduces the official trainer's loss exactly, quirks included (LPIPS dropout, the swapped BCE
+    # arguments of the non-saturating losses, the DINO critic's shortcut terms, LeCam's EMA fed twice); False (the
+    # default) fixes them. The list and its tests: gigatok/tokenizer/losses.py, tests/tokenizer/test_loss_parity.py.
+    official_compat: bool = False
 
 
 @dataclass

@@ -320,6 +320,12 @@ def _mix(*values: int) -> int:
     return state
 
 
+def draw_view(seed: int, epoch: int, index: int, num_views: int) -> int:
+    """Which of `num_views` augmented views sample `index` sees in `epoch`: the draw `CodeDataset` makes, shared with
+    on-the-fly training on images (`gigatok.data.onthefly`), so both see the same view of every image."""
+    return (_mix(seed, epoch, index) & 0xFFFFFFFF) % num_views
+
+
 class CodeDataset(Dataset):
     """Codes of a folder (our layout or the official one); items are (codes (L,) int64, label () int64).
 
@@ -402,6 +408,6 @@ class CodeDataset(Dataset):
         else:
             draw = _mix(self.seed, self.epoch, index)
             source = (draw >> 32) & 1 if len(self.sources) > 1 else 0  # the sibling with p = 0.5
-            view = (draw & 0xFFFFFFFF) % self.sources[source].num_aug
+            view = draw_view(self.seed, self.epoch, index, self.sources[source].num_aug)
         codes, label = self.sources[source].item(index, view)
         return torch.from_numpy(codes.astype(np.int64)), torch.tensor(label, dtype=torch.int64)

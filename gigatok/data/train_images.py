@@ -146,8 +146,14 @@ class TrainImageDataset(Dataset):
             raise ImageDataError(f"{MAX_REPLACEMENTS + 1} unreadable images in a row while loading sample {index} "
                                  f"from '{self.root}': the data folder looks broken (check the files, the disk and "
                                  "the file permissions).")
-        rng = sample_rng(self.seed, self.epoch, index)  # keyed by the requested index: replacements stay deterministic
+        # keyed by the requested index: replacements stay deterministic
+        return to_tensor_normalized(self.augment(image, index)), self.labels[source], attempt
+
+    def augment(self, image: Image.Image, index: int) -> Image.Image:
+        """The S x S training view of sample `index` in the current epoch (a function of (seed, epoch, index) only):
+        ADM random crop, then a horizontal flip with probability `flip_prob`. Must not modify `image` in place."""
+        rng = sample_rng(self.seed, self.epoch, index)
         image = random_crop_arr(image, self.image_size, rng=rng)
         if rng.random() < self.flip_prob:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_tensor_normalized(image), self.labels[source], attempt
+        return image

@@ -1,22 +1,35 @@
-"""The GPT's training step and what sizes it: vocabulary K, codes per image L and classes from the code folder.
+"""The GPT's training data, step and what sizes it: vocabulary K, codes per image L and classes.
+
+Data (`build_gpt_data`): pre-extracted codes (`--dataset imagenet_code`, the fast path), or an ImageFolder tree whose
+batches the frozen tokenizer turns into codes inside the loop (`--dataset imagenet`, official `train_c2i.py`'s
+default): encoder half only, eval mode, "ema" weights when the checkpoint has them, float32 and no autograd (the
+official loop encodes outside autocast, under no_grad). Either way the step sees (codes, labels) batches.
 
 Each sample is one augmented view of an image's codes; the GPT sees [class token, z_1 .. z_{L-1}] and predicts
 z_1 .. z_L (mean cross-entropy), with class dropout for CFG.
 
-Shape letters: B batch; L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook
-size (= GPT vocabulary).
+Shape letters: B batch; S image side; L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G);
+K codebook size (= GPT vocabulary).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
+from gigatok.builders import load_frozen_encoder
 from gigatok.config import GPTTrainConfig, load_config
-from gigatok.data.codes import CodesError, check_meta
-from gigatok.infra.logging import NonFiniteGuard
+from gigatok.data.codes import CodeDataset, CodesError, check_meta
+from gigatok.data.onthefly import GPTImageDataset
+from gigatok.errors import UserError
+from gigatok.infra.dist import get_world_size
+from gigatok.infra.logging import NonFiniteGuard, reduce_metrics
 from gigatok.infra.parallel import grad_sync, local_norm
 from gigatok.infra.runtime import autocast
 
@@ -70,6 +83,102 @@ def resolve_sizes(config: GPTTrainConfig, meta: dict[str, Any]) -> tuple[int, in
     if labels_classes is not None and num_classes < labels_classes:
         raise CodesError(f"--num-classes {num_classes} is smaller than the {labels_classes} classes of the codes.")
     return int(vocab_size), block_size, num_classes
+
+
+def check_data_config(config: GPTTrainConfig) -> None:
+    """The data settings of a training run, refused before any work when they cannot run.
+
+    Raises:
+        UserError: no --code-path for codes; no --data-path, --tok-config or --vq-ckpt for images, or an --image-size
+            other than the tokenizer's.
+    """
+    data, tok = config.data, config.tokenizer
+    if data.dataset == "imagenet_code":
+        if not data.code_path:
+            raise UserError("no codes: pass --code-path (a folder written by `gigatok extract_codes`, or the official "
+                            "layout), or train on images with --dataset imagenet --data-path <image folder>.")
+        return
+    missing = [flag for flag, value in (("--data-path", data.data_path), ("--tok-config", tok.tok_config),
+                                        ("--vq-ckpt", tok.vq_ckpt)) if not value]
+    if missing:
+        raise UserError(f"--dataset imagenet tokenizes the training images on the fly and needs {', '.join(missing)}: "
+                        "the ImageFolder tree (--data-path), the tokenizer's YAML (--tok-config, e.g. "
+                        "configs/vq/VQ_BL256.yaml) and its checkpoint (--vq-ckpt). Or train on pre-extracted codes "
+                        "with --dataset imagenet_code --code-path <codes>.")
+    image_size = load_config(tok.tok_config).model.init_args.image_size
+    if tok.image_size is not None and tok.image_size != image_size:
+        raise UserError(f"--image-size {tok.image_size} differs from the tokenizer's image_size {image_size} "
+                        f"('{tok.tok_config}'): the images are cropped to the size the tokenizer encodes. Pass "
+                        f"--image-size {image_size}, or drop the flag.")
+
+
+@dataclasses.dataclass
+class GPTData:
+    """What the training loop reads: a dataset of codes or of images, and how its batches become codes.
+
+    Attributes:
+        dataset: `CodeDataset` (items: codes (L,) int64, label) or `GPTImageDataset` (items: images (3, S, S) float
+            in [-1, 1], label, num_unreadable); both have `set_epoch`.
+        meta: what sizes the GPT, as a code folder's meta.json: codebook_size, num_tokens, image_size, num_classes,
+            code_path (where the codes come from, for messages), tokenizer.
+        description: one log line about the data.
+        tokenizer: the frozen encoder for images, None for codes.
+        num_unreadable: unreadable image files replaced so far on this rank.
+    """
+
+    dataset: Dataset
+    meta: dict[str, Any]
+    description: str
+    tokenizer: torch.nn.Module | None = None
+    num_unreadable: int = 0
+
+    def to_codes(self, batch: Sequence[torch.Tensor], vocab_size: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader batch -> (codes (B, L) int64 in [0, K), labels (B,) int64), both on `device`.
+
+        Raises:
+            CodesError: stored codes at or above `vocab_size` (codes of another tokenizer).
+        """
+        labels = batch[1].to(device, non_blocking=True)
+        if self.tokenizer is None:
+            codes = batch[0]  # (B, L) int64 on the CPU
+            if int(codes.max()) >= vocab_size:
+                raise CodesError(f"the codes hold index {int(codes.max())} >= vocab_size {vocab_size}: they come "
+                                 "from another tokenizer (pass the matching --tok-config / --vocab-size)")
+            return codes.to(device, non_blocking=True), labels
+        self.num_unreadable += int(batch[2].sum())
+        with torch.no_grad():  # frozen, float32: the official loop encodes outside autocast
+            codes = self.tokenizer.encode_to_codes(batch[0].to(device, non_blocking=True))  # (B, 3, S, S) -> (B, L)
+        return codes, labels
+
+    def metrics(self) -> dict[str, float]:
+        """Images: `train/corrupt_images`, the unreadable files replaced since this process started, summed over
+        ranks; codes: nothing. COLLECTIVE (every rank calls it at the same step)."""
+        if self.tokenizer is None:
+            return {}
+        return {"train/corrupt_images": round(reduce_metrics({"n": self.num_unreadable})["n"] * get_world_size())}
+
+
+def build_gpt_data(config: GPTTrainConfig, device: torch.device) -> GPTData:
+    """The training data of `config` (checked by `check_data_config`): codes, one random stored view per sample and
+    epoch; or images, one augmented view (`data.image_aug`) per sample and epoch, encoded by the frozen tokenizer
+    (built on `device`, same weights on every rank)."""
+    data, tok, seed = config.data, config.tokenizer, config.trainer.global_seed
+    if data.dataset == "imagenet_code":
+        codes = CodeDataset(data.code_path, seed=seed, view="random", image_size=tok.image_size)
+        return GPTData(codes, codes.meta, f"codes '{data.code_path}': {len(codes)} images x "
+                                          f"{codes.sources[0].num_aug} views ({len(codes.sources)} source(s))")
+    vq_config = load_config(tok.tok_config)
+    image_size = vq_config.model.init_args.image_size
+    images = GPTImageDataset(data.data_path, image_size, seed=seed, augmentation=data.image_aug)
+    tokenizer = load_frozen_encoder(tok.vq_ckpt, vq_config, device=device)
+    meta = {"code_path": f"{data.data_path} (tokenized by {Path(tok.tok_config).name})",
+            "codebook_size": tokenizer.codebook_size, "num_tokens": tokenizer.num_tokens, "image_size": image_size,
+            "num_classes": len(images.classes), "tokenizer": {"checkpoint": tok.vq_ckpt, "config": tok.tok_config}}
+    description = (f"images '{data.data_path}': {len(images)} in {len(images.classes)} classes, {data.image_aug} "
+                   f"views at {image_size} px, tokenized on the fly by '{tok.vq_ckpt}' ({Path(tok.tok_config).name}, "
+                   f"float32, encoder only)")
+    return GPTData(images, meta, description, tokenizer)
 
 
 def train_step(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],

@@ -8,6 +8,7 @@ Shape letters: B batch; C channels; S image side (square images, H = W = S). Her
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gigatok.config import ConfigError, VQConfig, to_dict
+from gigatok.config import CausalSettings, ConfigError, VQConfig, to_dict
 from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.data.train_images import TrainImageDataset
 from gigatok.data.transforms import to_uint8
@@ -28,6 +29,7 @@ from gigatok.infra.io import save_png_atomic
 from gigatok.infra.logging import NonFiniteGuard, reduce_metrics
 from gigatok.infra.optim import build_adamw
 from gigatok.infra.parallel import (
+    grad_reduce_precision,
     grad_sync,
     local_norm,
     optimizer_format,
@@ -97,47 +99,92 @@ class StepParts:
     device: torch.device
     max_grad_norm: float
     distill: bool
+    causal: CausalSettings = dataclasses.field(default_factory=CausalSettings)
+    replace_ratio: float | None = None  # trainer.random_mix_reg on: the token replacement probability
+    freeze_at: int | None = None  # trainer.freeze_but_decoder_iter
+    frozen: bool = False  # only the CNN pixel decoder trains (set at `freeze_at`)
 
 
-def train_step(parts: StepParts, micro_batches: list[torch.Tensor], step: int) -> dict[str, torch.Tensor] | None:
+def dynamic_num_tokens(causal: CausalSettings, num_latent_tokens: int, step: int, epoch: int) -> int | None:
+    """Tokens kept at `step` of a dynamic-length run (official `dynamic_length_train`); None: all of them.
+
+    The draw is seeded by the step alone (official `random.seed(train_steps)`), so a resumed run draws the same.
+    """
+    if causal.causal_type is None or not causal.dynamic_length_train:
+        return None
+    per_level = causal.causal_type == "per-level"
+    if causal.dynamic_level_range is None:
+        top = round(np.log2(num_latent_tokens)) if per_level else num_latent_tokens
+        choices = list(range(causal.min_level, top + 1))
+    elif not per_level and len(causal.dynamic_level_range) > 2:
+        choices = [int(c) for c in causal.dynamic_level_range]
+    else:
+        first, last = (int(c) for c in causal.dynamic_level_range)
+        choices = list(range(first, last + 1, first))
+    weights = [1.0] * len(choices)
+    if causal.power_sample_T is not None:
+        weights = [(c / max(choices)) ** (epoch / causal.power_sample_T) for c in choices]
+    level = random.Random(step).choices(choices, weights=weights)[0]
+    return 2**level if per_level else level
+
+
+def freeze_but_pixel_decoder(model: nn.Module) -> None:
+    """Leave only the CNN pixel decoder (`decoder.*`) trainable (official `freeze_but_2d_decoder`)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("decoder."))
+
+
+def train_step(parts: StepParts, micro_batches: list[torch.Tensor], step: int,
+               epoch: int = 0) -> dict[str, torch.Tensor] | None:
     """One optimizer step of the tokenizer, then one of the discriminator once it is active.
 
     Args:
         micro_batches: `grad_accum_steps` image batches, each (B, C, S, S) in [-1, 1] on the device.
         step: optimizer steps taken so far (the official 1-indexed global step is step + 1).
+        epoch: the data epoch (dynamic-length runs weight their token counts by it).
 
     Returns:
         Detached per-step scalars (loss terms averaged over micro-batches, grad norms, lr) and "preview" (the last
         reconstructions, (PREVIEW_IMAGES, C, S, S)), or None when the loss was not finite on some rank and the update
-        was skipped.
+        was skipped. Before `loss.params.gen_start` the tokenizer is not updated (no grad_norm).
     """
     p, t, n = parts, step + 1, len(micro_batches)
+    if p.freeze_at is not None and step >= p.freeze_at and not p.frozen:
+        freeze_but_pixel_decoder(unwrap(p.model))
+        p.loss.drop_teacher()  # official: the semantic loss goes off with the freeze
+        p.distill, p.frozen = False, True
+    num_tokens = dynamic_num_tokens(p.causal, unwrap(p.model).num_tokens, step, epoch)
     lr = p.lr_at(step)
     p.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
     recons = []
     last_layer = unwrap(p.model).decoder.last_layer if p.loss.params.disc_adaptive_weight else None
+    # Official loss.params.gen_start: before it the tokenizer is not updated, only run (no graph) for the fakes.
+    gen_on = t >= p.loss.params.gen_start
     for i, images in enumerate(micro_batches):
-        with grad_sync(p.model, i == n - 1):
+        with grad_sync(p.model, i == n - 1), torch.set_grad_enabled(gen_on):
             with autocast(p.device, p.amp_dtype):
-                out = p.model(images, rec_loss=p.loss.aux_active(t), ret_inner_feat=p.distill)
+                out = p.model(images, rec_loss=p.loss.aux_active(t), ret_inner_feat=p.distill, num_tokens=num_tokens,
+                              replace_ratio=p.replace_ratio)
                 loss, terms = p.loss.generator_loss(images, out, t, last_layer=last_layer)
-            p.scaler.scale(loss / n).backward()
+            if gen_on:
+                p.scaler.scale(loss / n).backward()
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value / n
         p.tracker.update(out.codes)
         direct = out.recon_direct.detach() if out.recon_direct is not None else None
         recons.append((images, out.recon.detach(), direct))
-    if p.guard.check(sums["total"], step=t):
+    if gen_on and p.guard.check(sums["total"], step=t):
         p.optimizer.zero_grad(set_to_none=True)
         return None
-    p.scaler.unscale_(p.optimizer)
-    sums["grad_norm"] = local_norm(torch.nn.utils.clip_grad_norm_(p.model.parameters(), p.max_grad_norm))
-    set_lr(p.optimizer, lr)
-    p.scaler.step(p.optimizer)
-    p.scaler.update()
-    if p.ema is not None:
-        p.ema.update(p.model)
+    if gen_on:
+        p.scaler.unscale_(p.optimizer)
+        sums["grad_norm"] = local_norm(torch.nn.utils.clip_grad_norm_(p.model.parameters(), p.max_grad_norm))
+        set_lr(p.optimizer, lr)
+        p.scaler.step(p.optimizer)
+        p.scaler.update()
+        if p.ema is not None:
+            p.ema.update(p.model)
     sums["lr"] = torch.tensor(lr, dtype=torch.float64)
     sums["preview"] = recons[-1][1][:PREVIEW_IMAGES]  # popped by the loop, not logged
     if p.loss.disc_active(t):
@@ -194,15 +241,16 @@ def build_step_parts(config: VQConfig, plan: RunPlan, tokenizer: nn.Module, loss
                      device: torch.device) -> StepParts:
     """Wrap the models for data parallelism and build optimizers, the LR schedule, scalers and counters."""
     t = config.trainer
-    grad_dtype = "fp32" if t.grad_precision in (None, "none") else t.grad_precision
+    grad_dtype = grad_reduce_precision(t.grad_precision, t.mixed_precision)  # official: grad or mixed precision
     model = parallelize(tokenizer, plan.data_parallel, device=device, reduce_dtype=grad_dtype,
                         find_unused_parameters=True, compile_model=t.compile,
                         activation_checkpointing=t.activation_checkpointing)
     # The discriminator is small: plain DDP in both modes (official: VQLoss in its own DDP).
     disc_step = parallelize(DiscriminatorStep(loss), "none" if plan.data_parallel == "none" else "ddp", device=device)
     betas = (t.beta1, t.beta2)
-    optimizer = build_adamw(model, t.lr, betas, t.weight_decay, plan.decay_policy)
-    optimizer_disc = build_adamw(loss.discriminator, t.lr, betas, t.weight_decay, plan.decay_policy)
+    optimizer = build_adamw(model, t.lr, betas, t.weight_decay, plan.decay_policy, algorithm=t.optimizer)
+    optimizer_disc = build_adamw(loss.discriminator, t.lr, betas, t.weight_decay, plan.decay_policy,
+                                 algorithm=t.optimizer)
     try:
         lr_at = build_lr_schedule(t.lr_scheduler, t.lr, warmup=t.warmup, total_steps=plan.total_steps,
                                   end_lr=t.end_lr, fract_decay=t.fract_decay)
@@ -214,7 +262,8 @@ def build_step_parts(config: VQConfig, plan: RunPlan, tokenizer: nn.Module, loss
                      torch.amp.GradScaler(device.type, enabled=use_scaler), ema,
                      NonFiniteGuard(t.max_consecutive_nonfinite), NonFiniteGuard(t.max_consecutive_nonfinite),
                      CodebookUsageTracker(tokenizer.codebook_size), lr_at, plan.amp_dtype, device, t.max_grad_norm,
-                     t.distill_loss)
+                     t.distill_loss, config.model.causal_settings, t.replace_ratio if t.random_mix_reg else None,
+                     t.freeze_but_decoder_iter)
 
 
 def unhealthy(model: nn.Module, *guards: NonFiniteGuard) -> str | None:

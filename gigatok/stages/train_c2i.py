@@ -1,10 +1,12 @@
-"""Train a class-conditional GPT on pre-extracted codes (official `train_c2i.py` / `train_c2i_fsdp.py`).
+"""Train a class-conditional GPT on tokenizer codes (official `train_c2i.py` / `train_c2i_fsdp.py`).
 
-Each sample is one augmented view of an image's codes (`gigatok.data.codes`); the GPT sees
-[class token, z_1 .. z_{L-1}] and predicts z_1 .. z_L (mean cross-entropy), with class dropout for CFG.
-Vocabulary K and length L come from the codes' meta.json. Recipe (SPEC §6.3): fused AdamW (0.9, 0.95), weight
-decay 0.05 on >= 2-D parameters only, clip 1.0, lr 1e-4 with a const / cosine / WSD schedule, bf16 autocast,
-torch.compile on CUDA, DDP or FSDP2, optional EMA (0.9999).
+Each sample is one augmented view of an image's codes: pre-extracted (`--dataset imagenet_code --code-path`, the
+fast path and our default; `gigatok.data.codes`), or made in the loop from an ImageFolder tree by the frozen tokenizer
+(`--dataset imagenet --data-path --vq-ckpt --tok-config`, the official default; `gigatok.engine.gpt_train`). The GPT
+sees [class token, z_1 .. z_{L-1}] and predicts z_1 .. z_L (mean cross-entropy), with class dropout for CFG.
+Vocabulary K and length L come from the codes' meta.json (or the tokenizer). Recipe (SPEC §6.3): fused AdamW (0.9,
+0.95), weight decay 0.05 on >= 2-D parameters only, clip 1.0, lr 1e-4 with a const / cosine / WSD schedule, bf16
+autocast, torch.compile on CUDA, DDP or FSDP2, optional EMA (0.9999).
 
 Settings: the official flags (`--help`), each a field of `gigatok.config.GPTTrainConfig`; `--config FILE` reads a
 config.yaml (e.g. an earlier run's) under them, and `--section.key=value` overrides any field.
@@ -39,9 +41,15 @@ from gigatok.config.flags import (
     resolve_config,
     split_overrides,
 )
-from gigatok.data.codes import CodeDataset, CodesError, check_meta, fast_file_hash
+from gigatok.data.codes import check_meta, fast_file_hash
 from gigatok.data.sampler import ResumableDistributedSampler
-from gigatok.engine.gpt_train import resolve_sizes, train_step
+from gigatok.engine.gpt_train import (
+    GPTData,
+    build_gpt_data,
+    check_data_config,
+    resolve_sizes,
+    train_step,
+)
 from gigatok.errors import UserError
 from gigatok.gpt.model import GPT
 from gigatok.infra import states as st
@@ -56,7 +64,14 @@ from gigatok.infra.logging import (
     truncate_metrics,
 )
 from gigatok.infra.optim import build_adamw
-from gigatok.infra.parallel import optimizer_format, parallelize, params_finite
+from gigatok.infra.parallel import (
+    SHARDED_MODES,
+    describe_data_parallel,
+    grad_reduce_precision,
+    optimizer_format,
+    parallelize,
+    params_finite,
+)
 from gigatok.infra.run_dir import run_dir_lock, write_run_config
 from gigatok.infra.run_state import (
     CheckpointManager,
@@ -96,17 +111,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
 def check_config(config: GPTTrainConfig) -> None:
     """Settings we cannot honour, refused before any work."""
     check_gpt_flags(config.model)
-    if config.data.dataset != "imagenet_code":
-        raise UserError("--dataset imagenet (tokenizing images on the fly) is not supported: extract codes first "
-                        "(scripts/extract_code_c2i.sh) and train with --dataset imagenet_code --code-path <codes>.")
     if config.tokenizer.quant_way != "vq":
         raise UserError("only GPTs on VQ codes (--quant-way vq) are supported.")
-    if not config.data.code_path:
-        raise UserError("no codes: pass --code-path (a folder written by `gigatok extract_codes`, or the official "
-                        "layout).")
-    if config.trainer.ema and config.trainer.data_parallel == "fsdp":
-        raise UserError("--ema is not supported with --data-parallel fsdp (the official FSDP trainer ignores it "
-                        "too); drop --ema or use ddp.")
+    check_data_config(config)
+    if config.trainer.ema and config.trainer.data_parallel in SHARDED_MODES:
+        raise UserError(f"--ema is not supported with --data-parallel {config.trainer.data_parallel} (sharded "
+                        "weights; the official FSDP trainer never updates its EMA); drop --ema or use ddp.")
 
 
 @dataclasses.dataclass
@@ -156,14 +166,13 @@ def unhealthy(model: torch.nn.Module, guard: NonFiniteGuard) -> str | None:
     return None
 
 
-def describe_run(config: GPTTrainConfig, derived: dict, dataset: CodeDataset, num_params: int,
+def describe_run(config: GPTTrainConfig, derived: dict, data: GPTData, num_params: int,
                  device: torch.device, run_dir: Path) -> None:
     """Print every derived quantity of the run at startup."""
     t, m, d = config.trainer, config.model, derived
-    logger.info(f"world size {d['world_size']}, device {device}, {t.data_parallel}, precision {d['precision']}, "
+    logger.info(f"world size {d['world_size']}, device {device}, {d['data_parallel']}, precision {d['precision']}, "
                 f"compile {d['compile']}; run dir '{run_dir}' (resolved config: config.yaml)")
-    logger.info(f"codes '{config.data.code_path}': {len(dataset)} images x {dataset.sources[0].num_aug} views "
-                f"({len(dataset.sources)} source(s)), K={m.vocab_size}, L={m.block_size}, {m.num_classes} classes")
+    logger.info(f"{data.description}; K={m.vocab_size}, L={m.block_size}, {m.num_classes} classes")
     logger.info(f"{m.gpt_model} ({d['pos_type']}): {num_params:,} parameters; dropout resid/ffn {m.dropout_p}, token "
                 f"{m.token_dropout_p}, class {m.class_dropout_p}, drop-path {m.drop_path_rate}")
     logger.info(f"global batch {t.global_batch_size} = {d['world_size']} rank(s) x {d['micro_batch_size']} x "
@@ -191,15 +200,16 @@ def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: li
     if device.type == "cpu" and t.compile is None:
         logger.info("note: torch.compile is off on CPU by default (pass --compile to force it)")
 
-    # -- Data: one random view per sample and epoch; the sampler resumes mid-epoch. The codes size the GPT.
-    dataset = CodeDataset(config.data.code_path, seed=t.global_seed, view="random",
-                          image_size=config.tokenizer.image_size)
-    vocab_size, block_size, num_classes = resolve_sizes(config, dataset.meta)
-    check_meta(dataset.meta, vocab_size, block_size)
+    # -- Data: one random view per sample and epoch (codes, or images the frozen tokenizer encodes in the loop); the
+    # sampler resumes mid-epoch. The codes (or the tokenizer) size the GPT.
+    data = build_gpt_data(config, device)
+    dataset = data.dataset
+    vocab_size, block_size, num_classes = resolve_sizes(config, data.meta)
+    check_meta(data.meta, vocab_size, block_size)
     config.model = dataclasses.replace(config.model, gpt_model=config.model.gpt_model or "GPT-B",
                                        vocab_size=vocab_size, block_size=block_size,
                                        num_classes=num_classes)  # saved resolved
-    warn_if_other_tokenizer(config, dataset.meta)
+    warn_if_other_tokenizer(config, data.meta)
     accum = t.gradient_accumulation_steps
     micro_batch_size = t.global_batch_size // (world_size * accum)
     if micro_batch_size * world_size * accum != t.global_batch_size:
@@ -219,8 +229,9 @@ def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: li
     with torch.device(device):
         gpt = GPT(gpt_config)
     seed_everything(t.global_seed * world_size + rank)
+    reduce_dtype = grad_reduce_precision(t.grad_precision, precision)  # FSDP modes only (official default)
     model = parallelize(gpt, t.data_parallel, device=device, param_dtype="bf16" if precision == "bf16" else "none",
-                        reduce_dtype="fp32", compile_model=use_compile, activation_checkpointing=t.grad_ckpt)
+                        reduce_dtype=reduce_dtype, compile_model=use_compile, activation_checkpointing=t.grad_ckpt)
     optimizer = build_adamw(model, t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay,
                             decay_policy="matrices_only")
     ema = EMA(gpt, decay=t.ema_decay) if t.ema else None
@@ -259,8 +270,9 @@ def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: li
         if folder is not None:
             truncate_metrics(folder, step)
     derived = {"world_size": world_size, "micro_batch_size": micro_batch_size, "steps_per_epoch": steps_per_epoch,
-               "precision": precision, "compile": use_compile, "hold": hold, "pos_type": gpt_config.pos_type}
-    describe_run(config, derived, dataset, sum(p.numel() for p in gpt.parameters()), device, run_dir)
+               "precision": precision, "compile": use_compile, "hold": hold, "pos_type": gpt_config.pos_type,
+               "data_parallel": describe_data_parallel(t.data_parallel, reduce_dtype)}
+    describe_run(config, derived, data, sum(p.numel() for p in gpt.parameters()), device, run_dir)
     logger.info(f"{f'resuming from {resume_path} at step {step}' if resume_path else 'starting fresh'}; "
                 f"training to step {stop_step}")
 
@@ -268,7 +280,7 @@ def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: li
     parts = GPTParts(model, optimizer, scaler, ema, guard, loop, lr_at, amp_dtype, device)
     phases = Phases(run_dir, cd_dir, hold, stop_step)
     try:
-        step = train_loop(config, parts, manager, loader, sampler, dataset, phases, step)
+        step = train_loop(config, parts, manager, loader, sampler, data, phases, step)
     except TrainingDivergedError as err:
         raise TrainingDivergedError(f"{err} {divergence_advice(folders, guard.streak_start)}") from None
     logger.info(f"done at step {step}")
@@ -276,7 +288,7 @@ def train(config: GPTTrainConfig, run_dir: Path, dist_info: DistInfo, report: li
 
 
 def train_loop(config: GPTTrainConfig, parts: GPTParts, manager: CheckpointManager, loader: DataLoader,
-               sampler: ResumableDistributedSampler, dataset: CodeDataset, phases: Phases, step: int) -> int:
+               sampler: ResumableDistributedSampler, data: GPTData, phases: Phases, step: int) -> int:
     """Steps from `step` to the stop step: log every `log_every`, checkpoint every `ckpt_every` (and at the hold and
     the end); returns the last step."""
     t, p, m = config.trainer, parts, config.model
@@ -288,16 +300,13 @@ def train_loop(config: GPTTrainConfig, parts: GPTParts, manager: CheckpointManag
     timer, timed_steps = time.perf_counter(), 0
     while step < phases.stop_step:
         if data_iter is None:
-            dataset.set_epoch(sampler.epoch)
+            data.dataset.set_epoch(sampler.epoch)
             data_iter = iter(loader)
             steps_left = (sampler.num_samples - sampler.position) // (micro_batch_size * accum)
         batches = []
         for _ in range(accum):
-            codes, labels = next(data_iter)  # (B, L) int64, (B,) int64
-            if int(codes.max()) >= m.vocab_size:
-                raise CodesError(f"the codes hold index {int(codes.max())} >= vocab_size {m.vocab_size}: they come "
-                                 "from another tokenizer (pass the matching --tok-config / --vocab-size)")
-            batches.append((codes.to(p.device, non_blocking=True), labels.to(p.device, non_blocking=True)))
+            codes, labels = data.to_codes(next(data_iter), m.vocab_size, p.device)  # (B, L), (B,) int64 on device
+            batches.append((codes, labels))
             sampler.advance(len(labels))
         set_lr(p.optimizer, p.lr_at(step))
         loss, grad_norm, skipped = train_step(p.model, batches, p.optimizer, p.scaler, p.amp_dtype, t.max_grad_norm,
@@ -325,6 +334,7 @@ def train_loop(config: GPTTrainConfig, parts: GPTParts, manager: CheckpointManag
                             "train/steps_per_s": timed_steps / elapsed,
                             "train/tokens_per_s": timed_steps * t.global_batch_size * m.block_size / elapsed,
                             "train/skipped_steps": p.guard.num_skipped})
+            metrics.update(data.metrics())  # images: train/corrupt_images
             if log_dir not in loggers:
                 loggers[log_dir] = MetricsLogger(log_dir, wandb_mode=wandb_mode, wandb_project=t.wandb_project
                                                  or "gigatok", wandb_name=phases.run_dir.name, config=to_dict(config))

@@ -36,6 +36,7 @@ from gigatok.config.flags import (
 )
 from gigatok.data.sampler import ResumableDistributedSampler
 from gigatok.data.train_images import TrainImageDataset
+from gigatok.engine.pretrained import ensure_loss_weights
 from gigatok.engine.vq_train import (
     Counters,
     RunPlan,
@@ -64,8 +65,12 @@ from gigatok.infra.logging import (
 )
 from gigatok.infra.optim import DECAY_POLICIES
 from gigatok.infra.parallel import (
+    DATA_PARALLEL_MODES,
+    SHARDED_MODES,
     cnn_channels_last,
     cnn_channels_last_for_training,
+    describe_data_parallel,
+    grad_reduce_precision,
     set_cnn_memory_format,
 )
 from gigatok.infra.run_dir import config_changes, run_dir_lock, write_run_config
@@ -144,8 +149,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--early-stop-iter", type=int_or_none, default=None)
     p.add_argument("--wandb-project", type=str, default=None)
     p.add_argument("--no-wandb", action="store_true")
-    p.add_argument("--data-parallel", type=str, choices=["ddp", "fsdp", "none", "sdp", "hsdp"], default=None)
-    p.add_argument("--grad-precision", type=str_or_none, default=None, help="FSDP gradient reduce dtype")
+    p.add_argument("--data-parallel", type=str, choices=["ddp", "fsdp", "none", "sdp", "hsdp"], default=None,
+                   help="ddp (scripts/train_vq.sh); FSDP2 modes (scripts/train_vq_fsdp.sh passes fsdp): fsdp full "
+                        "sharding, sdp gradients + optimizer state only, hsdp sharded per node and replicated across")
+    p.add_argument("--grad-precision", type=str, choices=["fp32", "fp16", "bf16", "none"], default=None,
+                   help="FSDP gradient reduce dtype (default: the --mixed-precision dtype)")
     loss = p.add_argument_group("loss flags (override the YAML; the official trainer ignores them)")
     loss.add_argument("--codebook-weight", type=float, default=None)
     loss.add_argument("--entropy-loss-ratio", type=float, default=None)
@@ -169,8 +177,6 @@ def flag_values(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...], ob
     if args.data_face_path is not None or args.json_path is not None:
         raise UserError("--data-face-path and --json-path (official face data / json image lists) are not supported: "
                         "pass an image folder with --data-path")
-    if args.data_parallel in ("sdp", "hsdp"):
-        raise UserError(f"--data-parallel {args.data_parallel} is not supported: use ddp or fsdp (full sharding)")
     given = [(f"--{dest.replace('_', '-')}", keys, getattr(args, dest)) for dest, keys in FLAG_TO_CONFIG.items()
              if getattr(args, dest) is not None]
     given += [(f"--{dest.replace('_', '-')}", (key,), value) for dest, (key, value) in SWITCH_TO_CONFIG.items()
@@ -190,6 +196,16 @@ def plan_run(config: VQConfig, world_size: int) -> RunPlan:
         raise UserError("no training data: pass --data-path (an ImageNet-style folder such as ILSVRC2012_img_train/)")
     if not os.path.isdir(t.data_path):
         raise UserError(f"--data-path '{t.data_path}' does not exist or is not a folder")
+    causal = config.model.causal_settings
+    if causal.dynamic_length_train and causal.causal_type is None:
+        raise UserError("model.causal_settings.dynamic_length_train needs a causal_type (per-level or per-token): "
+                        "only a causal encoder can be trained on token prefixes")
+    if t.random_mix_reg and t.replace_ratio is None:
+        raise UserError("trainer.random_mix_reg is on but trainer.replace_ratio is not set: give the probability "
+                        "(e.g. trainer.replace_ratio=0.1)")
+    if t.freeze_but_decoder_iter is not None and t.data_parallel not in ("ddp", "none"):
+        raise UserError(f"trainer.freeze_but_decoder_iter needs --data-parallel ddp (got {t.data_parallel}): the "
+                        "sharded modes cannot change which parameters train in the middle of a run")
     if t.dataset != "imagenet":
         raise UserError(f"--dataset {t.dataset} is not supported: use imagenet (any ImageFolder or flat image folder)")
     accum = t.grad_accum_steps
@@ -197,7 +213,7 @@ def plan_run(config: VQConfig, world_size: int) -> RunPlan:
         raise UserError(f"--global-batch-size {t.global_batch_size} must be a multiple of world size {world_size} x "
                          f"gradient accumulation steps {accum}")
     checks = {"trainer.mixed_precision": (t.mixed_precision, ("none", "fp16", "bf16")),
-              "trainer.data_parallel": (t.data_parallel, ("ddp", "fsdp", "none")),
+              "trainer.data_parallel": (t.data_parallel, DATA_PARALLEL_MODES),
               "trainer.wandb_mode": (t.wandb_mode, WANDB_MODES),
               "trainer.lr_scheduler": (t.lr_scheduler, SCHEDULES + ("none",)),
               "trainer.grad_precision": (t.grad_precision, (None, "fp32", "bf16", "fp16", "none")),
@@ -210,8 +226,9 @@ def plan_run(config: VQConfig, world_size: int) -> RunPlan:
     if t.data_parallel == "none" and world_size > 1:
         raise UserError("trainer.data_parallel none runs one process: launch without torchrun, or use ddp/fsdp")
     data_parallel = t.data_parallel if torch.distributed.is_initialized() else "none"  # no torchrun: one process
-    if t.ema and data_parallel == "fsdp":
-        raise UserError("--ema is not supported with --data-parallel fsdp (sharded weights); use ddp or drop --ema")
+    if t.ema and data_parallel in SHARDED_MODES:
+        raise UserError(f"--ema is not supported with --data-parallel {data_parallel} (sharded weights); use ddp or "
+                        "drop --ema")
     if t.wandb_mode != "disabled":  # checked on every rank, so that all of them stop
         import importlib.util
 
@@ -220,7 +237,7 @@ def plan_run(config: VQConfig, world_size: int) -> RunPlan:
                              "`pip install wandb`, or pass --no-wandb")
     stop = t.iterations if t.early_stop_iter is None else min(t.early_stop_iter, t.iterations)
     dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[t.mixed_precision]
-    policy = t.decay_policy or ("no_norm_bias" if t.data_parallel == "fsdp" else "all")
+    policy = t.decay_policy or ("no_norm_bias" if t.data_parallel in SHARDED_MODES else "all")
     preview = t.ckpt_every if t.preview_every is None else t.preview_every
     return RunPlan(world_size, t.global_batch_size // (world_size * accum), accum, t.iterations, stop, dtype,
                    data_parallel, policy, preview)
@@ -230,8 +247,9 @@ def log_plan(config: VQConfig, plan: RunPlan, run_dir: Path, device: torch.devic
              steps_per_epoch: int, num_workers: int, params: tuple[int, int], start: str) -> None:
     """Print every derived quantity of the run (rank 0)."""
     t, p = config.trainer, config.loss.params
+    parallel = describe_data_parallel(plan.data_parallel, grad_reduce_precision(t.grad_precision, t.mixed_precision))
     logger.info(f"run dir {run_dir} (resolved config: config.yaml); device {device}, world size {plan.world_size}, "
-                f"data parallel {plan.data_parallel}, precision {t.mixed_precision}"
+                f"data parallel {parallel}, precision {t.mixed_precision}"
                 f"{' + GradScaler' if plan.amp_dtype == torch.float16 else ''}, compile {t.compile}, activation "
                 f"checkpointing {t.activation_checkpointing}")
     logger.info(f"global batch {t.global_batch_size} = {plan.micro_batch_size} per rank x {plan.world_size} ranks x "
@@ -263,6 +281,7 @@ def build_tokenizer_and_loss(config: VQConfig, device: torch.device) -> tuple[nn
         logger.info(f"CNN layout (model.init_args.cnn_channels_last: auto): "
                     f"{'channels-last' if channels_last else 'NCHW'}")
     try:
+        ensure_loss_weights(config)  # VGG16, DINOv2, DINO: downloaded into the hub cache if missing
         loss = TokenizerLoss(config.loss.params, t, teacher_grid_size=tokenizer.grid_size,
                              teacher_weights=t.teacher_weights, teacher_random_init=t.teacher_random_init,
                              lpips_random_backbone=t.lpips_random_backbone, dino_disc_weights=t.dino_disc_weights,
@@ -303,26 +322,31 @@ def train(config: VQConfig, run_dir: Path, dist_info: DistInfo, *, vq_ckpt: str 
                           seed=t.global_seed, drop_last=True)
 
     # -- Restore: the newest checkpoint of this run, else --vq-ckpt (its whole state, or with --finetune only its
-    # weights at step 0). Only a resume that loaded cleanly may write the run's config.yaml.
+    # weights at step 0), else model.init_ckpt (weights and optimizer states at step 0, official stage 2). Only a
+    # resume that loaded cleanly may write the run's config.yaml.
     counters = Counters()
     manager = checkpoint_manager(config, run_dir, parts, sampler, steps_per_epoch, counters)
     if resume_from is not None:
         resume_from_step([run_dir], resume_from)
     latest = find_latest_checkpoint(run_dir, quarantine=True)
-    source = latest or (Path(vq_ckpt) if vq_ckpt else None)
-    resume = source is not None and (latest is not None or not finetune)
+    init = config.model.init_ckpt if not (latest or vq_ckpt) else None
+    source = latest or (Path(vq_ckpt) if vq_ckpt else Path(init) if init else None)
+    resume = source is not None and init is None and (latest is not None or not finetune)
     step = 0
     if source is not None:
         ckpt = load_training_checkpoint(source)
         if resume and ckpt.get("config") and (changes := config_changes(ckpt["config"], to_dict(config))):
             logger.warning(f"the config differs from the checkpoint's ({len(changes)}): {'; '.join(changes[:8])}")
-        restored = manager.restore(ckpt, only=None if resume else ("model", "ema", "discriminator"), with_rng=resume)
+        weights = ("model", "ema", "discriminator")
+        optimizers = tuple(name for name in ("optimizer", "optimizer_disc") if init and ckpt.get(name) is not None)
+        restored = manager.restore(ckpt, only=None if resume else weights + optimizers, with_rng=resume)
         step = restored if resume else 0
         del ckpt
     write_run_config(run_dir, to_yaml(config), step)
     truncate_metrics(run_dir, step)
     start = (f"resuming from {source} at step {step:,} (epoch {sampler.epoch}, position {sampler.position})"
-             if resume else f"fine-tuning the weights of {source} from step 0" if source else "from scratch")
+             if resume else f"starting from model.init_ckpt {source} (weights and optimizer states) at step 0"
+             if init else f"fine-tuning the weights of {source} from step 0" if source else "from scratch")
     log_plan(config, plan, run_dir, device, dataset, steps_per_epoch, loader.num_workers, params, start)
     try:
         step = train_loop(config, plan, parts, manager, loader, sampler, dataset, counters, run_dir, step)
@@ -353,7 +377,7 @@ def train_loop(config: VQConfig, plan: RunPlan, parts: StepParts, manager: Check
             micro.append(images.to(parts.device, non_blocking=True))
             counters.corrupt_local += int(unreadable.sum())
         images_seen += t.global_batch_size
-        result = train_step(parts, micro, step)
+        result = train_step(parts, micro, step, epoch=sampler.epoch)
         if result is None:
             continue  # non-finite loss: the data is consumed, the step is not taken
         preview = result.pop("preview")

@@ -14,6 +14,11 @@ gradient-norm ratio at the decoder's last layer) and L_sem = -mean cosine(studen
 w_disc * D_loss(D(x), D(sg(x_hat))) (+ the same on x_dir while shortcut losses are on) + lecam_weight * LeCam,
 from step disc_start on. With the DINO discriminator both real and fake go through DiffAug in both steps.
 
+`loss.params.official_compat: True` reproduces the official trainer's loss exactly, including its quirks (each is
+listed in `TokenizerLoss`): LPIPS dropout, the swapped BCE arguments of the non-saturating losses, the DINO critic
+scoring the main reconstruction in place of the shortcut one, and LeCam's EMA fed twice per step while the shortcut
+losses are on. tests/tokenizer/test_loss_parity.py checks both settings against the official `VQLoss`, term by term.
+
 Precision: the semantic loss, the GAN losses and the pixel reconstruction losses are computed in float32 with
 autocast disabled; quantizer losses arrive in float32 from the quantizer. Half-precision norms of 768-d features
 overflow (official GigaTok issue #6: NaN semantic loss under fp16).
@@ -31,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gigatok.config import LossParams, TrainerConfig
+from gigatok.config import ConfigError, LossParams, TrainerConfig
 from gigatok.tokenizer.diffaug import DiffAug
 from gigatok.tokenizer.discriminator import NLayerDiscriminator
 from gigatok.tokenizer.discriminator_dino import DinoDisc
@@ -44,6 +49,7 @@ logger = logging.getLogger(__name__)
 LECAM_INIT = 1000.0  # official ema_losses(init=1000., decay=0.99, start_itr=disc_start + 1000)
 LECAM_DECAY = 0.99
 LECAM_WARMUP = 1000
+OFFICIAL_LPIPS_DROPOUT = 0.5  # nn.Dropout() in front of each official LPIPS lin layer, live in the trainer
 
 
 # -- GAN losses: logits are float tensors of any shape; each returns a float32 scalar -------------------------------
@@ -78,6 +84,20 @@ def non_saturating_gen_loss(logits_fake: torch.Tensor) -> torch.Tensor:
 
 DISC_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss, "non-saturating": non_saturating_d_loss}
 GEN_ADV_LOSSES = {"hinge": hinge_gen_loss, "non-saturating": non_saturating_gen_loss}
+
+
+def official_non_saturating_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """The official `non_saturating_d_loss`, which passes BCE(target, logits) instead of BCE(logits, target):
+    0.5 * (softplus(1) - mean D(x) + log 2); the fake term is a constant, so D gets no gradient from fakes."""
+    real, fake = logits_real.float(), logits_fake.float()
+    return 0.5 * (F.binary_cross_entropy_with_logits(torch.ones_like(real), real)
+                  + F.binary_cross_entropy_with_logits(torch.zeros_like(fake), fake))
+
+
+def official_non_saturating_gen_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """The official `non_saturating_gen_loss` (same swap): softplus(1) - mean D(x_hat), the hinge loss + a constant."""
+    fake = logits_fake.float()
+    return F.binary_cross_entropy_with_logits(torch.ones_like(fake), fake)
 
 
 def lecam_reg(logits_real: torch.Tensor, logits_fake: torch.Tensor, ema_real: torch.Tensor | float,
@@ -121,14 +141,26 @@ class TokenizerLoss(nn.Module):
     Only the discriminator is a registered submodule with parameters; LPIPS is frozen and the teacher is held
     outside the module tree (like the official code), so neither reaches an optimizer or DDP's gradient buckets.
 
-    Deviations from the official code (all in branches the released configs never take):
-    - `non-saturating` losses use BCE(logits, target); the official code calls BCE(target, logits), which makes the
-      fake-logit term of D constant (no gradient).
-    - `vanilla`/`non-saturating` D losses work with LeCam (the official ones crash on the extra EMA arguments).
-    - the direct-reconstruction GAN term of the DINO discriminator uses the direct reconstruction (the official code
-      feeds the main reconstruction twice); the adaptive weight is only computed once the GAN is on (the official
-      code differentiates the int 0 before disc_start and crashes).
-    - `perceptual_weight: 0` skips LPIPS entirely (no VGG weights needed).
+    Deviations from the official trainer, each undone by `params.official_compat: True` unless marked (crash), where
+    the official code cannot run and there is nothing to reproduce:
+    - LPIPS is deterministic. The official trainer calls `vq_loss.train()`, which also puts its LPIPS in train mode:
+      the Dropout(0.5) in front of each lin layer is then live and the perceptual terms are noisy (unbiased). This is
+      the one deviation that touches the released configs. (compat: the same dropout, from the global RNG, while
+      this module is in train mode.)
+    - `non-saturating` losses use BCE(logits, target); the official code calls BCE(target, logits), which turns the
+      generator loss into the hinge loss plus a constant and makes the fake-logit term of D constant (no gradient).
+      (compat: `official_non_saturating_*`.)
+    - with the DINO discriminator, the shortcut GAN terms (GAN on while t < aux_loss_end) score the shortcut
+      reconstruction; the official code scores the main reconstruction a second time (with a fresh DiffAug draw),
+      in both the generator and the discriminator objective. (compat: the same.)
+    - LeCam's EMA is fed once per discriminator step; the official code feeds it again with the shortcut fakes while
+      the shortcut terms are on, so the EMA of the fake logits ends on the shortcut logits. (compat: the same.)
+    - (crash) `vanilla`/`non-saturating` discriminator losses run; the official D step always passes ema=/iter= to
+      them and stops with a TypeError.
+    - (crash) the adaptive weight is 1 before disc_start; the official code differentiates the int 0 there and stops.
+    - `perceptual_weight: 0` skips LPIPS entirely (no VGG weights needed); same value.
+    The official trainer also never passes `disc_adaptive_weight` and `lecam_weight` to its `VQLoss` (adaptive weight
+    off, LeCam weight 0.001 whatever the config says); both are honoured here, in both settings.
 
     Args:
         params: `loss.params`.
@@ -159,14 +191,26 @@ class TokenizerLoss(nn.Module):
         else:  # dinodisc
             self.discriminator = DinoDisc(dino_disc_weights, random_init=dino_disc_random_init)
             self.daug = DiffAug(prob=1.0, cutout=0.2)
+        self.official_compat = params.official_compat
         self.disc_loss_fn = DISC_LOSSES[params.disc_loss]
         self.gen_adv_loss_fn = GEN_ADV_LOSSES[params.gen_adv_loss]
+        if self.official_compat and params.disc_loss == "non-saturating":
+            self.disc_loss_fn = official_non_saturating_d_loss
+        if self.official_compat and params.gen_adv_loss == "non-saturating":
+            self.gen_adv_loss_fn = official_non_saturating_gen_loss
         self.rec_loss_fn = F.mse_loss if params.reconstruction_loss == "l2" else F.l1_loss
 
         self.perceptual_loss: LPIPS | None = None
         if params.perceptual_weight != 0:
             self.perceptual_loss = LPIPS(vgg_path, lin_path,
                                          random_backbone=lpips_random_backbone or random_backbone_requested())
+            if self.official_compat:
+                for lin in self.perceptual_loss.lins:  # taps in order: the official dropout draws, in its order
+                    lin.register_forward_pre_hook(self._official_lin_dropout)
+        if self.official_compat and (params.disc_adaptive_weight or (params.lecam and params.lecam_weight != 0.001)):
+            logger.warning("loss.params.official_compat: the official trainer ignores disc_adaptive_weight and "
+                           "lecam_weight (it runs without the adaptive weight and with LeCam weight 0.001); they are "
+                           f"applied here as configured ({params.disc_adaptive_weight}, {params.lecam_weight})")
 
         if teacher is None and trainer is not None and trainer.distill_loss:
             teacher = DinoV2Teacher(trainer.distill_model, teacher_grid_size, teacher_weights, teacher_random_init)
@@ -181,6 +225,10 @@ class TokenizerLoss(nn.Module):
     def teacher(self) -> nn.Module | None:
         return self._teacher[0]
 
+    def drop_teacher(self) -> None:
+        """Switch the semantic loss off for the rest of the run (official `freeze_but_decoder_iter` stage)."""
+        self._teacher = (None,)
+
     def disc_active(self, step: int) -> bool:
         """Whether the GAN terms (and the discriminator update) are on at 1-indexed `step`."""
         return step >= self.params.disc_start
@@ -194,6 +242,11 @@ class TokenizerLoss(nn.Module):
         if self.daug is not None:
             images = self.daug(images)
         return self.discriminator(images.contiguous())
+
+    def _official_lin_dropout(self, lin: nn.Module, args: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+        """Forward pre-hook of each LPIPS lin layer under `official_compat`: Dropout(0.5) on its input (B, C, H, W),
+        active while this loss module is in train mode, as in the official trainer."""
+        return (F.dropout(args[0], OFFICIAL_LPIPS_DROPOUT, training=self.training),)
 
     def _perceptual(self, images: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         if self.perceptual_loss is None:
@@ -238,7 +291,8 @@ class TokenizerLoss(nn.Module):
                 `ret_inner_feat=True` when distilling.
             step: 1-indexed global step (the first optimiser step is 1).
             teacher_feats: (B, G*G, Dt) precomputed teacher tokens; default: computed by the held teacher.
-            last_layer: weight of the decoder's last layer; required with `disc_adaptive_weight`.
+            last_layer: weight of the decoder's last layer; required with `disc_adaptive_weight` (under
+                torch.no_grad(), a step that does not train the generator, the adaptive weight is 1).
 
         Returns:
             total: float32 scalar with grad.
@@ -268,8 +322,8 @@ class TokenizerLoss(nn.Module):
         if self.disc_active(step):
             gen_adv = self.gen_adv_loss_fn(self._critic(out.recon))
             if direct:
-                gen_adv_direct = self.gen_adv_loss_fn(self._critic(out.recon_direct))
-            if p.disc_adaptive_weight:
+                gen_adv_direct = self.gen_adv_loss_fn(self._critic(self._direct_fake(out.recon, out.recon_direct)))
+            if p.disc_adaptive_weight and torch.is_grad_enabled():
                 if last_layer is None:
                     raise ValueError("disc_adaptive_weight: True needs last_layer (the decoder's last conv weight)")
                 nll = p.reconstruction_weight * (rec + rec_direct) + p.perceptual_weight * perceptual
@@ -296,6 +350,11 @@ class TokenizerLoss(nn.Module):
             "total": total,
         }
         return total, {k: v.detach().float() for k, v in terms.items()}
+
+    def _direct_fake(self, recon: torch.Tensor, recon_direct: torch.Tensor) -> torch.Tensor:
+        """What the shortcut GAN terms score: the shortcut reconstruction; under `official_compat` with the DINO
+        critic the main one again (official quirk)."""
+        return recon if self.official_compat and self.daug is not None else recon_direct
 
     def discriminator_loss(self, images: torch.Tensor, recon_detached: torch.Tensor, step: int,
                            recon_direct_detached: torch.Tensor | None = None
@@ -328,14 +387,16 @@ class TokenizerLoss(nn.Module):
             logits_fake = self._critic(fake).float()
         disc = p.disc_weight * self.disc_loss_fn(logits_real, logits_fake)
 
-        disc_direct = zero
+        disc_direct, logits_direct = zero, None
         if self.aux_active(step) and p.use_direct_rec_loss and recon_direct_detached is not None:
-            logits_direct = self._critic(recon_direct_detached.detach()).float()
+            logits_direct = self._critic(self._direct_fake(fake, recon_direct_detached.detach())).float()
             disc_direct = p.disc_weight * self.disc_loss_fn(logits_real, logits_direct)
 
         lecam = zero
         if p.lecam:
             self._update_lecam_ema(logits_real, logits_fake, step)
+            if self.official_compat and logits_direct is not None:  # official: the shortcut D loss feeds it again
+                self._update_lecam_ema(logits_real, logits_direct, step)
             if step > p.disc_start:
                 lecam = p.lecam_weight * lecam_reg(logits_real, logits_fake, self.lecam_ema_real, self.lecam_ema_fake)
 
@@ -370,3 +431,6 @@ def _validate(params: LossParams) -> None:
                          "resnet_perceptual: False)")
     if params.blur_ds:
         raise ValueError("loss.params.blur_ds: True (BlurPool PatchGAN) is not implemented; no released config uses it")
+    if params.use_semantic_input:
+        raise ConfigError("loss.params.use_semantic_input: True (the semantic PatchGAN-V2 discriminator, deprecated in "
+                          "the official code) is not implemented; set it to False (no released config uses it)")
