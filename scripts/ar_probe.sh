@@ -10,6 +10,11 @@
 #   6. linear probe of the GPT        scripts/train_lin_probe_gpt.sh -> $EXP/lin_probe/lin_probe_acc.json
 #   7. one table                      python -m gigatok.stages.ar_probe_report -> $EXP/ar_probe.md, $EXP/ar_probe.json
 # Each stage skips itself when its output is complete; rerunning the script resumes the unfinished stage.
+# A documented shortcut, not an alias: the official recipe is scripts/composite_cmd/train_vq_and_eval.sh (tokenizer
+# -> rFID -> train_c2i_and_eval.sh on images tokenized on the fly -> gFID + val loss, with the official experiment
+# folders and a summary page; linear probes separately, train_lm_lin_probe_and_eval.sh). This script runs the same
+# AR probe (same schedule and defaults) on pre-extracted codes, which trains the GPT faster, adds the GPT linear
+# probe, skips finished stages, and keeps everything under one folder with one table.
 # Example (official AR-probe recipe: tokenizer 100 epochs at batch 128, GPT-B 50 epochs at batch 256, lr 1e-4):
 #   IMGNET_ROOT=/data/imagenet TOK_CONFIG=configs/vq/VQ_SB256.yaml GT_NPZ_PATH=VIRTUAL_imagenet256_labeled.npz \
 #   bash scripts/ar_probe.sh

@@ -6,13 +6,23 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from gigatok.errors import UserError
-from gigatok.infra.dist import cleanup, get_rank, get_world_size
 
 T = TypeVar("T")
 
 
 def _prefix() -> str:
+    if "torch" not in sys.modules:
+        return ""
+    from gigatok.infra.dist import get_rank, get_world_size
     return f"[rank {get_rank()}] " if get_world_size() > 1 else ""
+
+
+def cleanup(synchronize: bool = True) -> None:
+    """`gigatok.infra.dist.cleanup`, imported only when torch is loaded: a stage that never imports torch (the
+    report stages) has no process group, and starts without the seconds torch takes to import."""
+    if "torch" in sys.modules:
+        from gigatok.infra.dist import cleanup as dist_cleanup
+        dist_cleanup(synchronize=synchronize)
 
 
 def run_stage(stage: Callable[[], T]) -> T:

@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "lin_probe_gpt": "linear probe of a GPT [autoregressive/lin_probe/lin_probe.py]",
     "evaluate": "ADM metrics of a sample batch against a reference batch [evaluator.py]",
     "ar_probe_report": "one table of an AR-probing run's numbers",
+    "recipe_summary": "one page of a composite recipe's numbers [scripts/composite_cmd/*.sh]",
     "export": "export a checkpoint's weights as safetensors + config",
     "demo": "the CPU demo: every stage end to end on digits, in minutes",
     "bench": "speed and memory benchmarks, side by side with the official code (gigatok.bench)",

@@ -10,15 +10,13 @@ Writes `<exp-dir>/ar_probe.md` and `<exp-dir>/ar_probe.json` (atomically) and pr
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any
 
-from gigatok.errors import UserError
 from gigatok.infra.checkpoint import read_checkpoint
 from gigatok.infra.cli import run_stage
 from gigatok.infra.io import write_json_atomic, write_text_atomic
+from gigatok.infra.results import find_gfid, read_json, read_rfid
 
 # GPT run settings worth a line in the report (official train_c2i flag names).
 GPT_KEYS = ("gpt_model", "global_batch_size", "lr", "lr_scheduler", "warmup", "fract_decay", "iterations",
@@ -37,48 +35,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gfid", type=str, default=None, help="generation metrics JSON, or a folder holding it")
     parser.add_argument("--rfid", type=str, default=None, help="a number, or a JSON with 'fid' / 'rfid'")
     return parser.parse_args(argv)
-
-
-def read_json(path: str | os.PathLike | None) -> dict[str, Any] | None:
-    """A JSON object, or None when the path is not given or does not exist (the stage did not run)."""
-    if not path or not Path(path).is_file():
-        return None
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"'{path}' is not valid JSON ({err}); re-run the stage that writes it.") from None
-    if not isinstance(data, dict):
-        raise UserError(f"'{path}' holds a JSON {type(data).__name__}, expected an object.")
-    return data
-
-
-def find_gfid(path: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    """(metrics, file) of the generation evaluation: the file itself, or under a folder the JSON with the lowest
-    "fid" (a CFG search writes one per scale and reports the best)."""
-    if not path:
-        return None, None
-    if not Path(path).is_dir():
-        data = read_json(path)
-        return data, (path if data is not None else None)
-    found = [(data, str(p)) for p in sorted(Path(path).rglob("*.json"))
-             if (data := read_json(p)) is not None and isinstance(data.get("fid"), (int, float))]
-    return min(found, key=lambda item: item[0]["fid"]) if found else (None, None)
-
-
-def read_rfid(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    data = read_json(value)
-    if data is None:
-        raise UserError(f"--rfid '{value}' is neither a number nor an existing JSON file.")
-    for key in ("rfid", "fid", "rFID"):
-        if key in data:
-            return float(data[key])
-    raise UserError(f"--rfid JSON '{value}' has no 'rfid' / 'fid' entry (keys: {sorted(data)[:10]}).")
 
 
 def checkpoint_summary(path: str | None) -> dict[str, Any] | None:

@@ -2,7 +2,10 @@
 # local GPU (or one CPU process with gloo when there is none) through torchrun.
 # Environment knobs (official names): gpus (per command, as in the official README) or GPUS (exported by
 # set_env_vars.sh), NNODES, NODE_RANK, MASTER_ADDR, PORT, TORCH_RUN_PATH (default: torchrun behind
-# gigatok.infra.launch, which reports a failed worker without torchrun's own traceback).
+# gigatok.infra.launch, which reports a failed worker without torchrun's own traceback), and
+# GIGATOK_<STAGE>_ARGS: extra flags appended after the script's arguments (so they win; split on whitespace), e.g.
+# GIGATOK_SAMPLE_C2I_ARGS="--num-fid-samples 8" for gigatok.stages.sample_c2i in a smoke test of a command that
+# hard-codes no sample count (tests/scripts/test_official_commands.py).
 
 run_stage() {
     local module=$1
@@ -19,9 +22,11 @@ run_stage() {
     export TOKENIZERS_PARALLELISM=true
     # Make the package importable from any working directory (paths in the arguments stay relative to it).
     local repo_root
-    repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+    repo_root="$(cd -P "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"  # -P: also through a symlinked scripts/
     export PYTHONPATH="${repo_root}${PYTHONPATH:+:${PYTHONPATH}}"
+    local extra_var="GIGATOK_$(echo "${module##*.}" | tr '[:lower:]' '[:upper:]')_ARGS" extra=()
+    read -r -a extra <<< "${!extra_var:-}"
     set -x
     ${TORCH_RUN_PATH} --nnodes=${NNODES} --nproc_per_node=${GPUS} --node_rank=${NODE_RANK} \
-        --master_addr=${MASTER_ADDR} --master_port=${PORT} -m "${module}" "$@"
+        --master_addr=${MASTER_ADDR} --master_port=${PORT} -m "${module}" "$@" ${extra[@]+"${extra[@]}"}
 }
