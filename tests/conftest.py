@@ -14,6 +14,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The tests never reach the network: a missing pretrained file stays missing (the lookup's error, or the offline
 # fallback) instead of a download. tests/infra/test_download.py lifts it for its local HTTP server.
 os.environ["GIGATOK_OFFLINE"] = "1"
+# The TensorFlow evaluator's interpreter (EVAL_PYTHON_PATH, exported by .ci/run) is for the TensorFlow tests only,
+# which read it as GIGATOK_TEST_TF_PYTHON: every other test runs the default PyTorch evaluator, which the stages'
+# --eval-python-path default (EVAL_PYTHON_PATH) would otherwise replace, in this process and its children.
+if "EVAL_PYTHON_PATH" in os.environ:
+    os.environ["GIGATOK_TEST_TF_PYTHON"] = os.environ.pop("EVAL_PYTHON_PATH")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -406,7 +406,7 @@ def test_real_inception_self_evaluation_end_to_end(tmp_path, capsys, monkeypatch
 # ------------------------------------------------------------------------- TensorFlow (EVAL_PYTHON_PATH)
 def tf_python_or_skip() -> str:
     """EVAL_PYTHON_PATH when it is another interpreter that imports tensorflow, else skip the test."""
-    python = os.environ.get("EVAL_PYTHON_PATH")
+    python = os.environ.get("GIGATOK_TEST_TF_PYTHON")  # EVAL_PYTHON_PATH as the suite started (see conftest.py)
     try:
         usable = bool(python) and external_interpreter(python) is not None
     except EvaluatorError:
