@@ -219,3 +219,24 @@ def test_the_generation_reference_is_flagged_before_reconstructing(setup, tmp_pa
     err = expect_exit_2(main, argv, capsys)
     assert "GENERATION reference" in err and "This number is not rFID" in err
     assert err.index("GENERATION reference") < err.index("missing.pt")
+
+
+def test_mul_rec_levels_score_each_token_prefix_in_its_own_folder(setup, single_run, tmp_path, monkeypatch):
+    """--mul-rec-levels 8,64: one scored run per level; 64 tokens reproduce the plain run's metrics, 8 tokens differ
+    and their codes count only 8 tokens per image."""
+    monkeypatch.setenv(RANDOM_BACKBONE_ENV, "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as single_run: bit-identical reconstructions
+    try:
+        main(_argv(setup, tmp_path, "--mul-rec-levels", "8,64"))
+    finally:
+        torch.set_num_threads(threads)
+    results = {level: json.loads((tmp_path / f"{FOLDER}-c-type-None-cur-level-{level}_results.json").read_text())
+               for level in (8, 64)}
+    plain = _results(single_run)
+    for key in ("psnr", "ssim", "lpips", "codebook_usage", "rfid"):
+        assert results[64][key] == pytest.approx(plain[key], rel=1e-6), key
+    level_8 = _arr(tmp_path / f"{FOLDER}-c-type-None-cur-level-8.npz").astype(int)
+    assert np.abs(level_8 - _arr(single_run / f"{FOLDER}.npz").astype(int)).mean() > 0.1  # other images
+    # usage counts distinct codes: 8 images x 8 tokens can use at most 64 of the 1024 codes
+    assert results[8]["codebook_usage"] <= min(64 / 1024, plain["codebook_usage"])
