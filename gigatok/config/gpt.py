@@ -170,9 +170,14 @@ class GPTTrainerConfig:
     max_milestone_num: int = field(default=40, metadata=between(0, None))
     """Milestones kept."""
     wandb_project: Optional[str] = None
-    """Log to this W&B project (needs wandb)."""
+    """W&B project of the run (null: gigatok)."""
+    wandb_mode: str = field(default="auto", metadata=choice("auto", "online", "offline", "disabled"))
+    """W&B logging: auto (on when wandb is installed and logged in, otherwise off with one log line), online,
+    offline or disabled; online/offline stop with an error when wandb is not installed."""
     wandb: bool = field(default=True, metadata={"flag": "--no-wandb", "switch": False})
-    """W&B logging when --wandb-project is set; --no-wandb turns it off."""
+    """False (official --no-wandb): no W&B logging, whatever --wandb-mode says."""
+    tensorboard: bool = False
+    """Also write the metrics as TensorBoard scalars to <run dir>/tensorboard (needs the tensorboard package)."""
 
 
 @dataclass

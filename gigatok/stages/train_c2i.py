@@ -13,7 +13,8 @@ config.yaml (e.g. an earlier run's) under them, and `--section.key=value` overri
 
 Run directory `{save_path}/{sub_exp_dir}/`: config.yaml (the resolved config, with the GPT's K, L and classes
 filled in), log.txt, metrics.jsonl (train/loss, lr, grad_norm, tokens_per_s, skipped_steps, ...),
-checkpoints/{step:07d}.pt. With `--lr-scheduler wsd` the decay phase (steps after the hold) goes to
+checkpoints/{step:07d}.pt, and the same metrics in tensorboard/ (--tensorboard) and W&B (--wandb-mode, default auto:
+on when wandb is installed and logged in). With `--lr-scheduler wsd` the decay phase (steps after the hold) goes to
 `cd_records/cd_fract_{f}_to_{iterations}/` (official layout), so cool-downs of different lengths branch from the same
 stable-phase checkpoints; a checkpoint is always written at the hold. A rerun of the same command resumes from the
 newest checkpoint with the exact data position and RNG states (the official loop re-reads the epoch from its start).
@@ -60,7 +61,9 @@ from gigatok.infra.logging import (
     MetricsLogger,
     NonFiniteGuard,
     TrainingDivergedError,
+    check_logging_setup,
     reduce_metrics,
+    resolve_wandb_mode,
     truncate_metrics,
 )
 from gigatok.infra.optim import build_adamw
@@ -94,9 +97,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     `--section.key=value` overrides. Returns (args, flag table, overrides)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=str, default=None, help="a GPT training config.yaml to start from")
-    parser.add_argument("--save-path", type=str, default="results/gpt")
+    parser.add_argument("--save-path", type=str, default="results/gpt",
+                        help="folder of the runs (default: %(default)s)")
     parser.add_argument("--sub-exp-dir", type=str, required=True, help="run folder name under --save-path")
-    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CUDA when available, else CPU (default: %(default)s)")
     parser.add_argument("--resume-from", type=int, default=None, metavar="STEP",
                         help="resume from this step's checkpoint of the run (e.g. before a divergence; 0: start over); "
                              "newer checkpoints are set aside in checkpoints/abandoned/")
@@ -114,9 +119,15 @@ def check_config(config: GPTTrainConfig) -> None:
     if config.tokenizer.quant_way != "vq":
         raise UserError("only GPTs on VQ codes (--quant-way vq) are supported.")
     check_data_config(config)
+    check_logging_setup(wandb_mode(config), config.trainer.tensorboard)
     if config.trainer.ema and config.trainer.data_parallel in SHARDED_MODES:
         raise UserError(f"--ema is not supported with --data-parallel {config.trainer.data_parallel} (sharded "
                         "weights; the official FSDP trainer never updates its EMA); drop --ema or use ddp.")
+
+
+def wandb_mode(config: GPTTrainConfig) -> str:
+    """The W&B mode asked for: --no-wandb wins over --wandb-mode."""
+    return config.trainer.wandb_mode if config.trainer.wandb else "disabled"
 
 
 @dataclasses.dataclass
@@ -293,7 +304,8 @@ def train_loop(config: GPTTrainConfig, parts: GPTParts, manager: CheckpointManag
     the end); returns the last step."""
     t, p, m = config.trainer, parts, config.model
     accum, micro_batch_size = t.gradient_accumulation_steps, loader.batch_size
-    wandb_mode = "online" if t.wandb_project and t.wandb else "disabled"
+    # Resolved once (one "W&B is off" note): the cool-down folder gets a logger of its own.
+    wandb = "disabled" if resolve_wandb_mode(wandb_mode(config)) == "disabled" else wandb_mode(config)
     loggers: dict[Path, MetricsLogger] = {}
     p.model.train()
     data_iter, steps_left = None, 0
@@ -336,8 +348,9 @@ def train_loop(config: GPTTrainConfig, parts: GPTParts, manager: CheckpointManag
                             "train/skipped_steps": p.guard.num_skipped})
             metrics.update(data.metrics())  # images: train/corrupt_images
             if log_dir not in loggers:
-                loggers[log_dir] = MetricsLogger(log_dir, wandb_mode=wandb_mode, wandb_project=t.wandb_project
-                                                 or "gigatok", wandb_name=phases.run_dir.name, config=to_dict(config))
+                loggers[log_dir] = MetricsLogger(log_dir, wandb_mode=wandb, wandb_project=t.wandb_project
+                                                 or "gigatok", wandb_name=phases.run_dir.name, config=to_dict(config),
+                                                 use_tensorboard=t.tensorboard)
             loggers[log_dir].log(step, metrics)
             p.loop.log_sums = {"loss": 0.0, "grad_norm": 0.0, "steps": 0}
             timer, timed_steps = time.perf_counter(), 0

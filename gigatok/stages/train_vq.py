@@ -5,6 +5,7 @@ Run it with torchrun (scripts/train_vq.sh, scripts/train_vq_fsdp.sh) or as a sin
   config.yaml                  the resolved config (YAML < official flags < --section.key=value overrides)
   checkpoints/{step:07d}.pt    self-describing, atomic checkpoints (official entries + EMA, scalers, RNG, data state)
   metrics.jsonl, log.txt       every `log_every` steps: all loss terms, codebook usage, grad norms, lr, throughput
+  tensorboard/, wandb/         the same metrics, with --tensorboard / W&B (--wandb-mode, default auto)
   previews/{step:07d}.png      inputs above their reconstructions
 Restarting the same command resumes from the newest readable checkpoint of the run directory, bit for bit on CPU
 (same data order and augmentation, optimizer, scalers, RNG and position inside the epoch). `--vq-ckpt FILE`
@@ -60,6 +61,7 @@ from gigatok.infra.logging import (
     WANDB_MODES,
     MetricsLogger,
     TrainingDivergedError,
+    check_logging_setup,
     reduce_metrics,
     truncate_metrics,
 )
@@ -100,6 +102,7 @@ FLAG_TO_CONFIG: dict[str, tuple[str, ...]] = {
     "ckpt_every": ("trainer.ckpt_every",), "milestone_step": ("trainer.milestone_step",),
     "milestone_start": ("trainer.milestone_start",), "max_milestone_num": ("trainer.max_milestone_num",),
     "early_stop_iter": ("trainer.early_stop_iter",), "wandb_project": ("trainer.wandb_project",),
+    "wandb_mode": ("trainer.wandb_mode",),
     "data_parallel": ("trainer.data_parallel",), "grad_precision": ("trainer.grad_precision",),
     "codebook_weight": ("loss.params.codebook_weight",), "entropy_loss_ratio": ("model.init_args.entropy_loss_ratio",),
     "commit_loss_beta": ("model.init_args.commit_loss_beta",),
@@ -111,7 +114,8 @@ FLAG_TO_CONFIG: dict[str, tuple[str, ...]] = {
     "gen_loss": ("loss.params.gen_adv_loss",), "aux_loss_end": ("loss.params.aux_loss_end",),
 }
 SWITCH_TO_CONFIG = {"ema": ("trainer.ema", True), "compile": ("trainer.compile", True),
-                    "no_wandb": ("trainer.wandb_mode", "disabled")}
+                    "tensorboard": ("trainer.tensorboard", True),
+                    "no_wandb": ("trainer.wandb_mode", "disabled")}  # after --wandb-mode: --no-wandb wins
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -121,7 +125,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--model-config", type=str, required=True, help="tokenizer YAML, e.g. configs/vq/VQ_SS256.yaml")
     p.add_argument("--data-path", type=str, default=None, help="ImageFolder (ILSVRC2012_img_train/) or flat folder")
     p.add_argument("--data-face-path", type=str_or_none, default=None, help="official face data: not supported")
-    p.add_argument("--save-path", type=str, default="results_tokenizer_image")
+    p.add_argument("--save-path", type=str, default="results_tokenizer_image",
+                   help="folder of the runs (default: %(default)s)")
     p.add_argument("--sub-exp-dir", type=str, default=None, help="run name; the run dir is <save-path>/<sub-exp-dir>")
     p.add_argument("--vq-ckpt", type=str_or_none, default=None, help="start from this checkpoint (resume its state)")
     p.add_argument("--finetune", action="store_true", help="with --vq-ckpt: take only its weights, start at step 0")
@@ -129,45 +134,61 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                    help="resume from this step's checkpoint of the run (e.g. before a divergence; 0: start over); "
                         "newer checkpoints are set aside in checkpoints/abandoned/")
     p.add_argument("--ema", action="store_true", help="keep an EMA of the weights (decay trainer.ema_decay)")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the tokenizer and discriminator")
     p.add_argument("--dataset", type=str, default=None, help="imagenet (an image folder; the only choice here)")
     p.add_argument("--json-path", type=str_or_none, default=None, help="official json image lists: not supported")
     p.add_argument("--image-size", type=int, default=None, help="default: model.init_args.image_size")
     p.add_argument("--iterations", "--iteration", type=int, default=None, help="total optimizer steps")
-    p.add_argument("--global-batch-size", type=int, default=None)
-    p.add_argument("--global-seed", type=int, default=None)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=None)
-    p.add_argument("--mixed-precision", type=str, choices=["none", "fp16", "bf16"], default=None)
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--fract-decay", type=float, default=None)
-    p.add_argument("--log-every", type=int, default=None)
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--milestone-step", type=int, default=None)
-    p.add_argument("--milestone-start", type=int, default=None)
-    p.add_argument("--max-milestone-num", type=int, default=None)
-    p.add_argument("--early-stop-iter", type=int_or_none, default=None)
-    p.add_argument("--wandb-project", type=str, default=None)
-    p.add_argument("--no-wandb", action="store_true")
+    p.add_argument("--global-batch-size", type=int, default=None,
+                   help="images per optimizer step over all ranks and accumulation steps")
+    p.add_argument("--global-seed", type=int, default=None, help="seed of weights, data order and augmentation")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader workers per rank (default 16, capped at the CPU cores per rank)")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=None,
+                   help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--mixed-precision", type=str, choices=["none", "fp16", "bf16"], default=None,
+                   help="autocast dtype (default bf16; fp16 adds GradScalers)")
+    p.add_argument("--warmup", type=int, default=None, help="linear LR warm-up steps")
+    p.add_argument("--fract-decay", type=float, default=None,
+                   help="wsd schedule: fraction of the iterations spent decaying (default 0.2)")
+    p.add_argument("--log-every", type=int, default=None, help="log the metrics every N steps (default 500)")
+    p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps (default 5000)")
+    p.add_argument("--milestone-step", type=int, default=None,
+                   help="checkpoints at milestone-start + k * N are kept longer (default 50000)")
+    p.add_argument("--milestone-start", type=int, default=None, help="first milestone step (default 50000)")
+    p.add_argument("--max-milestone-num", type=int, default=None, help="milestone checkpoints kept (default 30)")
+    p.add_argument("--early-stop-iter", type=int_or_none, default=None,
+                   help="stop (and checkpoint) at this step; the LR schedule still spans --iterations")
+    p.add_argument("--wandb-project", type=str, default=None, help="W&B project (default gigatok)")
+    p.add_argument("--wandb-mode", type=str, choices=list(WANDB_MODES), default=None,
+                   help="W&B logging (default auto: on when wandb is installed and logged in, otherwise off with one "
+                        "log line); online/offline stop with an error when wandb is not installed")
+    p.add_argument("--no-wandb", action="store_true", help="no W&B logging (same as --wandb-mode disabled)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the metrics as TensorBoard scalars to <run dir>/tensorboard (needs tensorboard)")
     p.add_argument("--data-parallel", type=str, choices=["ddp", "fsdp", "none", "sdp", "hsdp"], default=None,
                    help="ddp (scripts/train_vq.sh); FSDP2 modes (scripts/train_vq_fsdp.sh passes fsdp): fsdp full "
                         "sharding, sdp gradients + optimizer state only, hsdp sharded per node and replicated across")
     p.add_argument("--grad-precision", type=str, choices=["fp32", "fp16", "bf16", "none"], default=None,
                    help="FSDP gradient reduce dtype (default: the --mixed-precision dtype)")
     loss = p.add_argument_group("loss flags (override the YAML; the official trainer ignores them)")
-    loss.add_argument("--codebook-weight", type=float, default=None)
-    loss.add_argument("--entropy-loss-ratio", type=float, default=None)
-    loss.add_argument("--commit-loss-beta", type=float, default=None)
-    loss.add_argument("--reconstruction-weight", type=float, default=None)
-    loss.add_argument("--reconstruction-loss", type=str, default=None)
-    loss.add_argument("--perceptual-weight", type=float, default=None)
-    loss.add_argument("--disc-weight", type=float, default=None)
-    loss.add_argument("--disc-start", type=int, default=None)
-    loss.add_argument("--disc-type", type=str, default=None)
-    loss.add_argument("--disc-loss", type=str, default=None)
-    loss.add_argument("--gen-loss", type=str, default=None)
-    loss.add_argument("--aux-loss-end", type=int, default=None)
-    p.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+    loss.add_argument("--codebook-weight", type=float, default=None,
+                      help="codebook loss weight (read but, as official, not applied)")
+    loss.add_argument("--entropy-loss-ratio", type=float, default=None, help="weight of the codebook entropy loss")
+    loss.add_argument("--commit-loss-beta", type=float, default=None, help="weight of the commitment loss")
+    loss.add_argument("--reconstruction-weight", type=float, default=None, help="weight of the pixel loss")
+    loss.add_argument("--reconstruction-loss", type=str, default=None, help="pixel loss: l2 or l1")
+    loss.add_argument("--perceptual-weight", type=float, default=None, help="weight of the LPIPS loss")
+    loss.add_argument("--disc-weight", type=float, default=None, help="weight of the generator's GAN loss")
+    loss.add_argument("--disc-start", type=int, default=None, help="step the discriminator and GAN loss start at")
+    loss.add_argument("--disc-type", type=str, default=None, help="discriminator: patchgan or dinodisc")
+    loss.add_argument("--disc-loss", type=str, default=None,
+                      help="discriminator loss: hinge, vanilla or non-saturating")
+    loss.add_argument("--gen-loss", type=str, default=None, help="generator GAN loss: hinge or non-saturating")
+    loss.add_argument("--aux-loss-end", type=int, default=None,
+                      help="step the auxiliary losses (feature reconstruction, shortcut) end at")
+    p.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when available (default: %(default)s)")
     args, rest = p.parse_known_args(argv)
     return args, split_overrides(p, rest)
 
@@ -229,12 +250,7 @@ def plan_run(config: VQConfig, world_size: int) -> RunPlan:
     if t.ema and data_parallel in SHARDED_MODES:
         raise UserError(f"--ema is not supported with --data-parallel {data_parallel} (sharded weights); use ddp or "
                         "drop --ema")
-    if t.wandb_mode != "disabled":  # checked on every rank, so that all of them stop
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
-            raise UserError("W&B logging is on (the official default) but the 'wandb' package is not installed: "
-                             "`pip install wandb`, or pass --no-wandb")
+    check_logging_setup(t.wandb_mode, t.tensorboard)  # on every rank, so that all of them stop
     stop = t.iterations if t.early_stop_iter is None else min(t.early_stop_iter, t.iterations)
     dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[t.mixed_precision]
     policy = t.decay_policy or ("no_norm_bias" if t.data_parallel in SHARDED_MODES else "all")

@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--save-path", type=str, default="results/gpt", help="where the result JSON goes")
     parser.add_argument("--out", type=str, default=None, help="result JSON path (default: <save-path>/"
                         "val_loss_<checkpoint name>.json)")
-    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CUDA when available, else CPU (default: %(default)s)")
     table: dict[str, str] = {}
     for section in SECTIONS:
         table.update(add_config_flags(parser.add_argument_group(f"{section} (config section '{section}')"),

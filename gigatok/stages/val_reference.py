@@ -53,10 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="names the output (val_<dataset>); both read an image folder")
     parser.add_argument("--image-size", type=int, default=256,
                         help="center-crop size (official choices 256, 512; any positive size is accepted)")
-    parser.add_argument("--sample-dir", type=str, default="results/reconstructions")
-    parser.add_argument("--per-proc-batch-size", type=int, default=32)
+    parser.add_argument("--sample-dir", type=str, default="results/reconstructions",
+                        help="output folder of the reference npz (default: %(default)s)")
+    parser.add_argument("--per-proc-batch-size", type=int, default=32, help="images per batch and process")
     parser.add_argument("--global-seed", type=int, default=0, help="seeds the shuffle of the npz")
-    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
     return parser.parse_args(argv)
 
 

@@ -99,7 +99,7 @@ def tiny_tokenizer_config(path: Path) -> Path:
     config.trainer.distill_loss = False
     config.trainer.preview_every = 0
     config.trainer.num_workers = 0
-    config.trainer.wandb_mode = "disabled"  # official default: online
+    config.trainer.wandb_mode = "disabled"  # no W&B in tests (default: auto)
     OmegaConf.save(config, path)
     return path
 
