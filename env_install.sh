@@ -254,12 +254,15 @@ spec = importlib.util.find_spec("gigatok")
 if spec is None or os.path.realpath(list(spec.submodule_search_locations)[0]) != os.path.realpath(os.path.join(sys.argv[1], "gigatok")):
     sys.exit(1)
 try:
-    lines = requires("gigatok") or []
+    reqs = [Requirement(line) for line in requires("gigatok") or []]
 except PackageNotFoundError:
     sys.exit(1)
-for line in lines:
-    req = Requirement(line)
-    if req.marker is not None and not req.marker.evaluate({"extra": "test"}):
+extras = {"test"}  # plus the extras that it names, e.g. test = ["gigatok[demo]", ...]
+for _ in range(len(reqs)):  # to a fixed point
+    named = [r for r in reqs if r.name == "gigatok" and r.marker and any(r.marker.evaluate({"extra": x}) for x in extras)]
+    extras |= {e for r in named for e in r.extras}
+for req in reqs:
+    if req.marker is not None and not any(req.marker.evaluate({"extra": x}) for x in extras):
         continue
     try:
         if not req.specifier.contains(version(req.name), prereleases=True):

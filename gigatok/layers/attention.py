@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -38,8 +39,7 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, -1).transpose(1, 2)  # (B, T or Tk, D) -> (B, nh, T or Tk, Dh)
+        return rearrange(x, "b t (nh dh) -> b nh t dh", nh=self.num_heads)  # t: T or Tk
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, same_qk: bool = False) -> torch.Tensor:
@@ -62,7 +62,7 @@ class MultiheadAttention(nn.Module):
             self._heads(q), self._heads(k), self._heads(v), attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, nh, T, Dh)
-        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], d)  # (B, nh, T, Dh) -> (B, T, D)
+        out = rearrange(out, "b nh t dh -> b t (nh dh)")  # heads concatenated, as nn.MultiheadAttention
         return self.out_proj(out)
 
 
@@ -83,13 +83,13 @@ class QKNormAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, same_qk: bool = False) -> torch.Tensor:
-        b, n, _ = query.shape
-        q = self.q_norm(self.q_proj(query).view(b, n, self.num_heads, -1))  # (B, T, nh, Dh)
-        k = self.k_norm(self.k_proj(key).view(b, key.shape[1], self.num_heads, -1))  # (B, Tk, nh, Dh)
-        v = self.v_proj(value).view(b, value.shape[1], self.num_heads, -1)  # (B, Tk, nh, Dh)
+        heads = "b t (nh dh) -> b t nh dh"  # per-head LayerNorm over Dh before the head axis moves
+        q = self.q_norm(rearrange(self.q_proj(query), heads, nh=self.num_heads))  # (B, T, nh, Dh)
+        k = self.k_norm(rearrange(self.k_proj(key), heads, nh=self.num_heads))  # (B, Tk, nh, Dh)
+        v = rearrange(self.v_proj(value), heads, nh=self.num_heads)  # (B, Tk, nh, Dh)
         mask = None if attn_mask is None else ~attn_mask
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        out = out.transpose(1, 2).reshape(b, n, self.dim)  # (B, nh, T, Dh) -> (B, T, D)
+        out = rearrange(out, "b nh t dh -> b t (nh dh)")
         return self.resid_dropout(self.wo(out))
 
 

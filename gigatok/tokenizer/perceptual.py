@@ -5,6 +5,15 @@ distance(a, b) = sum over the five VGG16 taps l (relu1_2, relu2_2, relu3_3, relu
 where f_l are the features of the scaled input, n normalises each pixel's channel vector to unit length and w_l
 is a learned 1x1 projection to one channel (the "lin" layers).
 
+Built from the `lpips` package's parts: its input scaling (`ScalingLayer`), per-pixel normalisation
+(`normalize_tensor`), 1x1 lin layers (`NetLinLayer`) and spatial mean, on torchvision's VGG16 layer table
+(`make_layers(cfgs["D"])`, the layers `lpips.pretrained_networks.vgg16` slices). The result is
+`lpips.LPIPS(net='vgg', version='0.1')` in eval mode, up to float rounding (the two images go through VGG as one
+batch). Not `lpips.LPIPS` itself: it downloads VGG16, or with `pnet_rand=True` builds the whole torchvision VGG16,
+120M classifier parameters included (a second per build on CPU), and its keys differ. Ours are `features.{i}.*`
+(torchvision's numbering) and `lins.{k}.weight`, which the official_compat dropout hooks and the parity tests use.
+`lpips` and torchvision are imported when a module is built, not with this file.
+
 Weights, both loaded from local files (nothing is downloaded here):
 - VGG16 ImageNet backbone: torchvision's `vgg16-397923af.pth` from an explicit path, else the torch-hub cache
   (`$TORCH_HOME/hub/checkpoints/`, default `~/.cache/torch/hub/checkpoints/`).
@@ -31,8 +40,7 @@ logger = logging.getLogger(__name__)
 VGG16_FILENAME = "vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1
 RANDOM_BACKBONE_ENV = "GIGATOK_LPIPS_RANDOM_BACKBONE"
 
-# VGG16 `features` up to relu5_3 (indices 0..29, as in torchvision): ints are 3x3 conv widths, "M" a 2x2 max-pool.
-_VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+_NUM_FEATURES = 30  # VGG16 `features` up to relu5_3 (indices 0..29); the last max-pool is not used
 _TAP_INDICES = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 _TAP_CHANNELS = (64, 128, 256, 512, 512)
 
@@ -81,23 +89,6 @@ def find_lin_weights(path: str | os.PathLike | None = None) -> Path:
     return resolved
 
 
-def _vgg16_features() -> nn.Sequential:
-    layers: list[nn.Module] = []
-    in_channels = 3
-    for item in _VGG16_CFG:
-        if item == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            layers += [nn.Conv2d(in_channels, int(item), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-            in_channels = int(item)
-    return nn.Sequential(*layers)  # 30 modules; state_dict keys match torchvision's `features.{i}.*`
-
-
-def _normalize_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """(B, C, H, W) -> each pixel's C-vector scaled to unit L2 norm."""
-    return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
-
-
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG16: `lpips(images_a, images_b)` -> (B,) distances, inputs (B, 3, H, W) in [-1, 1].
 
@@ -114,13 +105,21 @@ class LPIPS(nn.Module):
     def __init__(self, vgg_path: str | os.PathLike | None = None, lin_path: str | os.PathLike | None = None,
                  random_backbone: bool = False) -> None:
         super().__init__()
-        # ScalingLayer of LPIPS v0.1: maps [-1, 1] inputs to roughly ImageNet-normalised ones.
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
+        import lpips  # imports torchvision: seconds on a small CPU, so only when LPIPS is really built
+        from torchvision.models.vgg import cfgs, make_layers
+
+        # LPIPS v0.1 input scaling, (x - shift) / scale: maps [-1, 1] inputs to roughly ImageNet-normalised ones.
+        # Its constants are not checkpoint state (the released lpips weights do not hold them either).
+        self.scaling_layer = lpips.ScalingLayer()
+        for name in ("shift", "scale"):
+            self.scaling_layer.register_buffer(name, getattr(self.scaling_layer, name), persistent=False)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the random-backbone mode must be reproducible and leave the global RNG alone
-            self.features = _vgg16_features()
-            self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in _TAP_CHANNELS)
+            self.features = make_layers(cfgs["D"])[:_NUM_FEATURES]  # keys `{i}.*` as torchvision's `features`
+            # The package's lin layers without their Dropout (inactive in eval mode; official_compat puts it back as
+            # a hook), unwrapped so that the keys are `lins.{k}.weight`.
+            self.lins = nn.ModuleList(lpips.NetLinLayer(c, use_dropout=False).model[0] for c in _TAP_CHANNELS)
+        self._normalize, self._spatial_average = lpips.normalize_tensor, lpips.spatial_average
         lin_state = torch.load(find_lin_weights(lin_path), map_location="cpu", weights_only=True)
         for k, lin in enumerate(self.lins):
             lin.weight.data.copy_(lin_state[f"lin{k}.model.1.weight"])  # model.0 is a parameter-free Dropout
@@ -141,15 +140,14 @@ class LPIPS(nn.Module):
 
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W), (B, 3, H, W) in [-1, 1] -> (B,) LPIPS distances (float32 unless autocast says otherwise)."""
-        x = torch.cat([images_a, images_b], dim=0)
-        x = (x - self.shift) / self.scale  # (2B, 3, H, W)
+        x = self.scaling_layer(torch.cat([images_a, images_b], dim=0))  # (2B, 3, H, W): one VGG pass for both
         distance = x.new_zeros(images_a.shape[0])
         tap = 0
         for index, layer in enumerate(self.features):
             x = layer(x)
             if index == _TAP_INDICES[tap]:
-                feats_a, feats_b = _normalize_channels(x).chunk(2, dim=0)  # (B, C_l, H_l, W_l) each
+                feats_a, feats_b = self._normalize(x).chunk(2, dim=0)  # unit channel vectors, (B, C_l, H_l, W_l) each
                 diff = (feats_a - feats_b).pow(2)
-                distance = distance + self.lins[tap](diff).mean(dim=(1, 2, 3))  # (B, 1, H_l, W_l) -> (B,)
+                distance = distance + self._spatial_average(self.lins[tap](diff), keepdim=False)[:, 0]  # -> (B,)
                 tap += 1
         return distance

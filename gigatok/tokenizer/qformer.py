@@ -16,6 +16,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from gigatok.layers.attention import QFormerLayer, ViTLayer
@@ -44,7 +45,7 @@ def multi_level_queries(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
             raise ValueError(f"a {gh}x{gw} grid cannot be pooled into {h_blocks}x{w_blocks} blocks; use fewer "
                              f"latent tokens or a larger image_size")
         pooled = F.avg_pool2d(x, kernel_size=(gh // h_blocks, gw // w_blocks))  # (B, D, h_blocks, w_blocks)
-        groups.append(pooled.flatten(2).transpose(1, 2))  # -> (B, h_blocks*w_blocks, D)
+        groups.append(rearrange(pooled, "b d h w -> b (h w) d"))  # raster order inside the group
     return torch.cat(groups, dim=1)
 
 
@@ -122,9 +123,9 @@ class QFormerEncoder(nn.Module):
         t = self.num_latent_tokens if num_tokens is None else num_tokens
         if not 1 <= t <= self.num_latent_tokens:
             raise ValueError(f"num_tokens {t} must be in 1..{self.num_latent_tokens} (num_latent_tokens)")
-        x = self.encoder_embed(self.ln_pre(s.flatten(2).transpose(1, 2)))  # (B, Cz, G, G) -> (B, G*G, D)
+        x = self.encoder_embed(self.ln_pre(rearrange(s, "b c gh gw -> b (gh gw) c")))  # -> (B, G*G, D)
         if self.query_init == "multi_level":
-            grid = x.transpose(1, 2).reshape(b, self.width, self.grid_size, self.grid_size)  # -> (B, D, G, G)
+            grid = rearrange(x, "b (gh gw) d -> b d gh gw", gh=self.grid_size)
             queries = self.global_proj(multi_level_queries(grid, self.num_latent_tokens))  # (B, L, D)
         elif self.query_init == "learnable":
             queries = _tokens(self.query_1d).expand(b, -1, -1).to(x.dtype)
@@ -137,7 +138,7 @@ class QFormerEncoder(nn.Module):
         memory_with_pos = x + pos  # identical for every layer: computed once
         for layer in self.transformer:
             queries = layer(queries, x, pos, query_pos, memory_with_pos=memory_with_pos, tgt_mask=mask)
-        h = self.ln_post(queries).transpose(1, 2).unsqueeze(2)  # (B, T, D) -> (B, D, 1, T)
+        h = rearrange(self.ln_post(queries), "b t d -> b d 1 t")  # tokens as a 1 x T "image" for conv_out
         return h if return_feat else self.conv_out(h)
 
 
@@ -175,8 +176,8 @@ class QFormerDecoder(nn.Module):
 
         With `return_feat`, stops after layer `distill_depth` and returns (None, raw states (B, G*G, D)).
         """
-        b, c, h, w = quant.shape
-        x = self.decoder_embed(self.ln_pre(quant.reshape(b, c * h, w).transpose(1, 2)))  # -> (B, L, D)
+        b, _, _, w = quant.shape  # (B, Cz, 1, L)
+        x = self.decoder_embed(self.ln_pre(rearrange(quant, "b c h l -> b l (c h)")))  # h = 1 -> (B, L, D)
         n = self.grid_size**2
         if self.query_init == "learnable":
             queries = _tokens(self.q_2d).expand(b, -1, -1).to(x.dtype)
@@ -193,7 +194,7 @@ class QFormerDecoder(nn.Module):
                     return None, queries
                 if ret_inner_feat:
                     inner = self.distill_mlp(queries)
-        out = self.ln_post(queries).transpose(1, 2).reshape(b, self.width, self.grid_size, self.grid_size)  # (B, D, G, G)
+        out = rearrange(self.ln_post(queries), "b (gh gw) d -> b d gh gw", gh=self.grid_size)
         return self.conv_out(out), inner
 
 
@@ -239,11 +240,10 @@ class ViTEncoder2D(nn.Module):
         return x, kept
 
     def _embed(self, z: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.embed_name)(self.ln_pre(z.flatten(2).transpose(1, 2)))  # (B, Cz, G, G) -> (B, G*G, D)
+        return getattr(self, self.embed_name)(self.ln_pre(rearrange(z, "b c gh gw -> b (gh gw) c")))  # (B, G*G, D)
 
     def _unflatten(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        return self.ln_post(x).transpose(1, 2).reshape(b, self.width, self.grid_size, self.grid_size)  # (B, D, G, G)
+        return rearrange(self.ln_post(x), "b (gh gw) d -> b d gh gw", gh=self.grid_size)
 
     def forward(self, s: torch.Tensor, return_feat: bool = False) -> torch.Tensor:
         x, _ = self._run_layers(self._embed(s))
