@@ -427,10 +427,11 @@ def _pos_type_hint(state: Mapping[str, torch.Tensor], pos_type: str) -> str:
 
 
 def load_gpt_export(folder: str | os.PathLike, device: str | torch.device = "cpu") -> GPT:
-    """Load a GPT exported by `gigatok export --gpt-ckpt ...` (model.safetensors + config.yaml)."""
+    """Load a GPT exported by `gigatok export --gpt-ckpt ...` or saved by `gigatok.save_pretrained`
+    (model.safetensors + config.yaml, whose `config` holds every `GPTConfig` field; `gpt_model` may be null)."""
     from omegaconf import OmegaConf
 
     folder = Path(folder)
     exported = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
     fields = {k: v for k, v in exported["config"].items() if k in _CONFIG_FIELDS}
-    return load_gpt(folder / "model.safetensors", exported["gpt_model"], device=device, **fields)
+    return load_gpt(folder / "model.safetensors", GPTConfig(**fields), device=device)

@@ -26,8 +26,18 @@ ALLOWED = {
     "stages": {"errors", "config", "layers", "infra", "data", "eval", "tokenizer", "gpt", "builders", "engine"},
     "bench": {"errors", "config", "layers", "infra", "data", "eval", "tokenizer", "gpt", "builders", "engine"},
     "__main__": {"stages"},  # `python -m gigatok <stage>`: the dispatcher, which finds stages by name
-    "__init__": set(),
+    # The public API: zoo (registry + shipped config names, level 0), hub and api (level 2, beside engine), re-exported
+    # lazily by __init__.
+    "zoo": {"errors", "config"},
+    "hub": {"errors", "config", "layers", "infra", "tokenizer", "gpt", "builders", "zoo"},
+    "api": {"errors", "config", "layers", "infra", "data", "eval", "tokenizer", "gpt", "builders", "engine", "hub",
+            "zoo"},
+    "__init__": {"zoo", "api", "hub"},
 }
+for _floor in ("builders", "engine", "stages", "bench"):
+    ALLOWED[_floor] |= {"zoo"}
+ALLOWED["stages"] |= {"api", "hub"}
+ALLOWED["bench"] |= {"api", "hub"}
 
 
 def gigatok_imports(path: Path) -> list[tuple[int, str]]:
