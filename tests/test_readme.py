@@ -1,6 +1,7 @@
-"""The README's commands exist: every script it runs is in the repo, every module it runs is an entry point, and every
-flag it passes is accepted (found in that entry point's --help, in the config schema for `--section.key` overrides,
-or in the shell script itself). The first code block holds exactly the two commands the issue asks for."""
+"""The commands of the README and of docs/*.md exist: every script they run is in the repo, every module they run is an
+entry point, and every flag they pass is accepted (found in that entry point's --help, in the config schema for
+`--section.key` overrides, or in the shell script itself). The README's first code block holds exactly the two
+commands the issue asks for: install + CPU demo, and install + tests (`bash .ci/run`, what CI runs)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +19,8 @@ from gigatok.stages import STAGES, module_of
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+# The README first, then the pages it links to: their commands are checked the same way.
+PAGES = {"README.md": README} | {f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
 SEPARATORS = {"&&", "||", ";", "|"}
 SUBCOMMAND_MODULES = {"gigatok.bench"}  # `python -m gigatok.bench tokenizer|gpt|eval ...`
 
@@ -103,13 +106,15 @@ def script_module(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def all_commands() -> list[tuple[str, list[str]]]:
+def all_commands(pages: dict[str, str] = PAGES) -> list[tuple[str, list[str]]]:
+    """(where, command) for every command of the pages' shell blocks and inline command spans."""
     found = []
-    for block in code_blocks(README):
-        for line in command_lines(block):
-            found += [(line, c) for c in split_commands(line)]
-    for span in inline_commands(README):
-        found += [(span, c) for c in split_commands(span)]
+    for page, text in pages.items():
+        for block in code_blocks(text):
+            for line in command_lines(block):
+                found += [(f"{page}: {line}", c) for c in split_commands(line)]
+        for span in inline_commands(text):
+            found += [(f"{page}: {span}", c) for c in split_commands(span)]
     return found
 
 
@@ -135,15 +140,15 @@ def test_readme_starts_with_the_two_commands():
     assert len(first) == 2, first
     demo, tests = first
     assert "env_install.sh" in demo and "scripts/demo.sh" in demo
-    assert "env_install.sh" in tests and "pytest" in tests
+    assert tests == "bash .ci/run"
     # The README's first block comes before any other section.
     assert README.index("```") < README.index("\n## ")
-    # CI runs the same test command (install, then pytest).
+    # The test command is CI's entry point, which installs, then runs pytest.
     ci = (ROOT / ".ci" / "run").read_text()
     assert "env_install.sh" in ci and "-m pytest" in ci
 
 
-def test_every_readme_command_exists_and_accepts_its_flags():
+def test_every_documented_command_exists_and_accepts_its_flags():
     commands = all_commands()
     checked, problems = 0, []
     for line, command in commands:
@@ -168,7 +173,9 @@ def test_every_readme_command_exists_and_accepts_its_flags():
                 continue
             problems += check_flags(line, name, args)
         checked += 1
-    assert checked >= 10, f"only {checked} commands found: is the parser still matching the README?"
+    assert checked >= 30, f"only {checked} commands found: is the parser still matching the README and docs/?"
+    readme_checked = [line for line, c in commands if line.startswith("README.md:") and target_of(c)]
+    assert len(readme_checked) >= 8, readme_checked
     assert not problems, "\n".join(problems)
 
 
@@ -183,3 +190,7 @@ def test_checker_catches_a_bad_flag_and_a_missing_script():
         "module", "gigatok.stages.train_vq", ["--iterations", "1"])
     assert target_of(["gigatok", "bench", "gpt"]) == ("module", "gigatok.bench", ["gpt"])
     assert " " in target_of(["gigatok", "no_such_stage"])[1]  # reported as a missing module
+    # Commands are collected from every page, with the page named.
+    found = all_commands({"docs/x.md": "```bash\nbash scripts/nope.sh --a 1 && python -m gigatok evaluate A B\n```\n"})
+    assert [where.split(":")[0] for where, _ in found] == ["docs/x.md", "docs/x.md"]
+    assert [target_of(c)[1] for _, c in found] == ["scripts/nope.sh", "gigatok.stages.evaluate"]

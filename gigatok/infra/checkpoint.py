@@ -38,7 +38,7 @@ def resolve_checkpoint_path(ref: str | os.PathLike) -> Path:
         path = Path(ref).expanduser()
         if not path.is_file():
             raise CheckpointError(
-                f"checkpoint not found: '{ref}'. Download the official file (see README, 'Official checkpoints') "
+                f"checkpoint not found: '{ref}'. Download the official file (see the README's 'Model zoo') "
                 "or pass the path of one of your own runs' checkpoints."
             )
         return path
