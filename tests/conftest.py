@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -43,6 +44,18 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _pristine_gigatok_logger() -> Iterator[None]:
+    """After each test, the `gigatok` logger as before any stage ran: a stage's `setup_logging` binds a StreamHandler
+    to the sys.stderr of the moment (this test's capture stream), which a later test would log into once closed."""
+    yield
+    logger = logging.getLogger("gigatok")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate, logger.level = True, logging.NOTSET
 
 
 @pytest.fixture

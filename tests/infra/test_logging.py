@@ -200,6 +200,9 @@ def test_auto_wandb_is_off_with_one_line_when_wandb_is_missing(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed (find_spec returns None, import fails)
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a key alone does not help without the package
     caplog.set_level(logging.INFO, logger="gigatok")
+    # A handler already there: MetricsLogger then leaves the logger as it is (its setup_logging would stop the
+    # propagation to caplog's root handler).
+    logging.getLogger("gigatok").addHandler(logging.NullHandler())
     assert metrics_logging.resolve_wandb_mode("auto") == "disabled"
     (note,) = _note_lines(caplog)
     assert "wandb package is not installed" in note
@@ -222,6 +225,9 @@ def test_auto_wandb_is_off_with_one_line_when_wandb_is_missing(tmp_path, monkeyp
 def test_auto_wandb_follows_the_login_found_offline(tmp_path, monkeypatch, caplog, no_wandb_key):
     monkeypatch.setitem(sys.modules, "wandb", FakeWandb())
     caplog.set_level(logging.INFO, logger="gigatok")
+    # A handler already there: MetricsLogger then leaves the logger as it is (its setup_logging would stop the
+    # propagation to caplog's root handler).
+    logging.getLogger("gigatok").addHandler(logging.NullHandler())
     assert metrics_logging.resolve_wandb_mode("auto") == "disabled"  # installed, never logged in
     (note,) = _note_lines(caplog)
     assert "no W&B API key" in note and "pip install wandb && wandb login" in note
@@ -262,6 +268,10 @@ def test_auto_wandb_logs_to_the_run_and_survives_a_failed_start(tmp_path, monkey
     # auto: a W&B that cannot start (network, server) is a warning, the run goes on; explicit online stops.
     monkeypatch.setitem(sys.modules, "wandb", FakeWandb(fail=True))
     caplog.set_level(logging.INFO, logger="gigatok")
+    # A handler already there: MetricsLogger then leaves the logger as it is (its setup_logging would stop the
+    # propagation to caplog's root handler).
+    logging.getLogger("gigatok").addHandler(logging.NullHandler())
+    logging.getLogger("gigatok").propagate = True  # the first MetricsLogger above configured it (no propagation)
     with MetricsLogger(tmp_path / "flaky", wandb_mode="auto") as logger:
         logger.log(1, {"train/loss": 1.0})
     assert any("W&B could not start" in r.getMessage() for r in caplog.records)
