@@ -65,9 +65,8 @@ def export_gpt(args: argparse.Namespace) -> int:
                    block_size=args.block_size, num_classes=args.num_classes, use_ema=use_ema)
     out = Path(args.out_dir)
     n = _write(out, gpt.state_dict(), {"gpt_model": args.gpt_model, "pos_type": pos_type})
-    tmp = out / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump({"gpt_model": args.gpt_model, "config": dataclasses.asdict(gpt.config)}))
-    tmp.replace(out / "config.yaml")
+    write_text_atomic(out / "config.yaml",
+                      yaml.safe_dump({"gpt_model": args.gpt_model, "config": dataclasses.asdict(gpt.config)}))
     print(f"exported GPT ({'ema' if use_ema else 'model'} weights, {n / 1e6:.1f}M values) to {out}/model.safetensors "
           "+ config.yaml")
     return 0
