@@ -239,13 +239,15 @@ def postprocess(images: torch.Tensor, output: str = "pil") -> list[Image.Image] 
 @torch.no_grad()
 def sample(gpt: GPT, tokenizer: torch.nn.Module, classes: Sequence[int] | torch.Tensor, cfg_scale: float = 4.0,
            cfg_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           seed: int | None = 0) -> torch.Tensor:
+           seed: int | None = 0, sampler: str = "plain", sjd_window: int = 16) -> torch.Tensor:
     """Generate one image per class: the GPT samples codes (KV cache, classifier-free guidance), the tokenizer
     decodes them. Runs on the GPT's device; defaults are the official visualisation settings (CFG 4.0, constant).
 
     Args:
         classes: B ImageNet class indices (e.g. [22, 388, 90, 978]).
         seed: seeds the sampling generator (None: the global RNG).
+        sampler: "plain" or "sjd" (speculative Jacobi decoding: the same distribution in fewer forward passes;
+            `sjd_window` drafts verified per pass).
 
     Returns:
         (B, 3, S, S) float, about [-1, 1] (pass it to `postprocess`).
@@ -261,7 +263,8 @@ def sample(gpt: GPT, tokenizer: torch.nn.Module, classes: Sequence[int] | torch.
         raise UserError(f"classes must be in [0, {c.num_classes}), got {labels.tolist()}")
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
     codes = generate(gpt, labels, tokenizer.num_tokens, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
-                     temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B, L) int64
+                     temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, sampler=sampler,
+                     sjd_window=sjd_window)  # (B, L) int64
     tok_device = next(tokenizer.parameters()).device
     return tokenizer.decode_code(codes.to(tok_device)).float()  # (B, 3, S, S)
 

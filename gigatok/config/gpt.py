@@ -214,6 +214,12 @@ class SampleSettings:
     """dtype the GPT is cast to (fp16 on the CPU falls back to fp32); the tokenizer runs in fp32."""
     compile: bool = False
     """torch.compile the decode step."""
+    sampler: str = field(default="plain", metadata=choice("plain", "sjd"))
+    """plain: one code per forward pass; sjd: speculative Jacobi decoding (same distribution, fewer passes)."""
+    sjd_window: int = field(default=16, metadata=between(2, None))
+    """--sampler sjd: draft codes verified per forward pass."""
+    cuda_graphs: bool = False
+    """Capture the decode step in a CUDA graph (CUDA only, --sampler plain)."""
     ema: bool = False
     """Use the checkpoint's 'ema' weights."""
     per_proc_batch_size: int = field(default=32, metadata=positive())

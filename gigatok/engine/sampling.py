@@ -78,6 +78,16 @@ def check_sampler_config(config: GPTSampleConfig) -> None:
     if config.tokenizer.tok_config is None:
         raise UserError("--tok-config is required: the tokenizer's YAML, e.g. configs/vq/VQ_XLXXL256.yaml, "
                         "matching --vq-ckpt.")
+    s = config.sample
+    if s.sampler == "sjd" and (s.compile or s.cuda_graphs):
+        raise UserError("--sampler sjd runs eagerly (its window length changes per pass): drop --compile / "
+                        "--cuda-graphs, or use --sampler plain with them.")
+
+
+def check_sampling_device(config: GPTSampleConfig, device: torch.device) -> None:
+    """--cuda-graphs needs a CUDA device."""
+    if config.sample.cuda_graphs and device.type != "cuda":
+        raise UserError(f"--cuda-graphs needs a CUDA device, but sampling runs on {device}: drop --cuda-graphs.")
 
 
 def resolve_image_sizes(config: GPTSampleConfig, vq_config: VQConfig) -> tuple[int, int]:
@@ -124,6 +134,7 @@ def load_models(config: GPTSampleConfig, vq_config: VQConfig, device: torch.devi
     checkpoint records (our runs), else the flags' and its weights' (official files); it must model the tokenizer's
     codes. `config.model` is filled in with what was resolved (size, vocabulary, length, classes)."""
     m = config.model
+    check_sampling_device(config, device)
     if config.tokenizer.vq_ckpt is None:
         logger.warning("!!! no --vq-ckpt: the tokenizer has RANDOM weights, the images will be noise "
                        "(smoke tests only) !!!")
@@ -185,7 +196,8 @@ def generate_images(gpt: torch.nn.Module, tokenizer: torch.nn.Module, labels: to
     generator = torch.Generator(labels.device).manual_seed(seed)
     codes = generate(gpt, labels, tokenizer.num_tokens, cfg_scale=s.cfg_scale, cfg_schedule=s.cfg_schedule,
                      cfg_schedule_kwargs=schedule_kwargs, cfg_interval=s.cfg_interval, temperature=s.temperature,
-                     top_k=s.top_k, top_p=s.top_p, generator=generator, compile=s.compile)  # (B, L) int64
+                     top_k=s.top_k, top_p=s.top_p, generator=generator, compile=s.compile, sampler=s.sampler,
+                     sjd_window=s.sjd_window, cuda_graphs=s.cuda_graphs)  # (B, L) int64
     with torch.no_grad():
         images = tokenizer.decode_code(codes).float()  # (B, 3, S, S) at S = image_size, unclamped ~[-1, 1]
         if image_size_eval != image_size:

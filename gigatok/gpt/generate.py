@@ -114,31 +114,63 @@ def top_k_top_p_filtering(logits: torch.Tensor, top_k: int = 0, top_p: float = 1
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (R, K)
         cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         remove = cum > top_p
-        remove[..., 1:] = remove[..., :-1].clone()  # shift right: keep the first token that crosses p
-        remove[..., 0] = False
+        # shift right (the first token never removed): keep the token that crosses p
+        remove = torch.cat([torch.zeros_like(remove[..., :1]), remove[..., :-1]], dim=-1)
         logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
     return logits
 
 
-def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one code per row from `logits` (R, K) float32; returns (R, 1) int64."""
+def exponential_noise(shape: tuple[int, ...], device: torch.device | str,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exp(1) float32 noise of `shape`: what `torch.multinomial` draws for one sample per row, from the same stream."""
+    return torch.empty(shape, dtype=torch.float32, device=device).exponential_(1, generator=generator)
+
+
+def draw(weights: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One index per row of `weights` (..., K), proportional to the weights (need not sum to 1): the exponential race
+    argmax(weights / noise), noise ~ Exp(1) of the same shape.
+
+    Bit for bit the draw of `torch.multinomial(weights, 1)` given the same noise (torch makes this race internally
+    for one sample per row), but without its validity check, which reads a value back to the host on CUDA: this
+    stays on the device and can run inside a CUDA graph with the noise drawn outside it.
+
+    Returns:
+        (..., 1) int64.
+    """
+    return torch.argmax(weights / noise, dim=-1, keepdim=True)
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution codes are drawn from: softmax of `logits` (..., K) float32 / temperature after top-k/top-p."""
     logits = logits / max(temperature, 1e-5)
     if top_k > 0 or top_p < 1.0:
         logits = top_k_top_p_filtering(logits, top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one code per row from `logits` (R, K) float32; returns (R, 1) int64 (= torch.multinomial's draw)."""
+    probs = filtered_probs(logits, temperature, top_k, top_p)
+    return draw(probs, exponential_noise(probs.shape, probs.device, generator))
+
+
+SAMPLERS = ("plain", "sjd")
+SJD_NOISE = ("fixed", "fresh")
 
 
 @torch.no_grad()
 def generate(gpt: GPT, labels: torch.Tensor, num_tokens: int, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
              cfg_schedule_kwargs: dict[str, Any] | None = None, cfg_interval: float = -1, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-             compile: bool = False) -> torch.Tensor:
+             compile: bool = False, sampler: str = "plain", sjd_window: int = 16, sjd_noise: str = "fixed",
+             cuda_graphs: bool = False, stats: dict[str, Any] | None = None) -> torch.Tensor:
     """Sample codes autoregressively with a static KV cache and classifier-free guidance.
 
     Needs no process group. The model is put in eval mode for the call; afterwards its train/eval mode is
-    restored and the caches are removed, so it can train again right away.
+    restored and the caches are removed, so it can train again right away. No decode step reads a value back to
+    the host (positions, guidance and draws stay on the device), so on a GPU the steps queue up without waiting;
+    `sampler="sjd"` reads one count per verification pass, by design.
 
     Args:
         gpt: the model (any dtype/device; caches take the token embedding's).
@@ -151,7 +183,19 @@ def generate(gpt: GPT, labels: torch.Tensor, num_tokens: int, cfg_scale: float =
         cfg_interval: > -1: plain conditional logits for code t once t - 1 > cfg_interval (official semantics).
         temperature, top_k, top_p: applied to the guided logits (top_k 0 / top_p 1.0 = off; top_k 1 = greedy).
         generator: torch.Generator on the labels' device, for reproducible draws.
-        compile: `torch.compile` the single-token decode step (the prefill stays eager).
+        compile: `torch.compile` the single-token decode step (the prefill stays eager); on CUDA with
+            mode="reduce-overhead" (inductor captures the step in a CUDA graph).
+        sampler: "plain" (one code per forward pass) or "sjd": speculative Jacobi decoding (Teng et al. 2024,
+            arXiv 2410.01699), training free: each forward pass verifies a window of draft codes with the
+            speculative-sampling acceptance rule, which keeps the model's distribution exactly; greedy output
+            (top_k=1) equals plain decoding.
+        sjd_window: "sjd": draft codes verified per forward pass (>= 2).
+        sjd_noise: "sjd": how a code's draft is redrawn from each new prediction. "fixed": from the same
+            exponential-race noise every time (drafts settle as the context settles, as in greedy Jacobi
+            decoding; still exact, see `_sjd_decode`); "fresh": new noise each pass (the SJD paper).
+        cuda_graphs: capture the static decode step in a CUDA graph by hand (CUDA only; "plain" sampler).
+        stats: if given, filled with "forwards" (model calls for the batch, prefill included), "codes_per_forward"
+            and, for "sjd", "acceptance_rate" (accepted / verified drafts) and "iterations".
 
     Returns:
         (B, L) int64 codes in [0, K).
@@ -161,6 +205,16 @@ def generate(gpt: GPT, labels: torch.Tensor, num_tokens: int, cfg_scale: float =
         raise ValueError(f"num_tokens must be in [1, block_size={cfg.block_size}], got {num_tokens}")
     if labels.ndim != 1:
         raise ValueError(f"labels must be (B,), got shape {tuple(labels.shape)}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler == "sjd" and (compile or cuda_graphs):
+        raise ValueError("sampler='sjd' runs eagerly (its window length changes per pass): drop compile/cuda_graphs")
+    if sampler == "sjd" and sjd_window < 2:
+        raise ValueError(f"sjd_window must be >= 2, got {sjd_window}")
+    if sjd_noise not in SJD_NOISE:
+        raise ValueError(f"sjd_noise must be one of {SJD_NOISE}, got {sjd_noise!r}")
+    if cuda_graphs and labels.device.type != "cuda":
+        raise ValueError(f"cuda_graphs needs labels on a CUDA device, got {labels.device}")
     plan = _cfg_plan(cfg_scale, num_tokens, cfg_schedule, cfg_schedule_kwargs, cfg_interval)
     use_cfg = cfg_scale > 1.0
     if use_cfg and not gpt.has_null_class:
@@ -168,34 +222,242 @@ def generate(gpt: GPT, labels: torch.Tensor, num_tokens: int, cfg_scale: float =
     b, device = labels.shape[0], labels.device
     labels = labels.long()
     cond = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if use_cfg else labels  # (R,)
-
-    def pick(logits: torch.Tensor, scale: float | None) -> torch.Tensor:
-        """Guide (R, K) logits into (B, K) and draw (B, 1) codes."""
-        if use_cfg:
-            cond_logits, uncond_logits = logits.chunk(2, dim=0)  # (R, K) -> 2 x (B, K)
-            logits = cond_logits if scale is None else uncond_logits + (cond_logits - uncond_logits) * scale
-        return sample_from_logits(logits, temperature, top_k, top_p, generator)
+    sampling = _Sampling(use_cfg, temperature, top_k, top_p, generator)
 
     was_training = gpt.training
     gpt.eval()  # no label/token dropout while sampling
     try:
         gpt.setup_caches(cond.shape[0], cfg.cls_token_num + num_tokens)
-        step = gpt.forward_cached
-        if compile:
-            step = torch.compile(step, mode="reduce-overhead" if device.type == "cuda" else None, fullgraph=True)
-        codes = torch.empty(b, num_tokens, dtype=torch.long, device=device)
-        prefill_pos = torch.arange(cfg.cls_token_num, device=device)
-        logits = gpt.forward_cached(prefill_pos, labels=cond, kv_len=cfg.cls_token_num)[:, -1]  # (R, K), class pos.
-        codes[:, :1] = pick(logits, plan[0])
-        for t in range(1, num_tokens):
-            x = codes[:, t - 1:t]  # (B, 1)
-            x = torch.cat([x, x]) if use_cfg else x  # (R, 1): both halves see the same sampled code
-            input_pos = torch.tensor([cfg.cls_token_num + t - 1], device=device)
-            # Eager: attend over the filled prefix only. Compiled: fixed shapes, masked full cache.
-            kv_len = None if compile else cfg.cls_token_num + t
-            logits = step(input_pos, codes=x, kv_len=kv_len)[:, -1]  # (R, K)
-            codes[:, t:t + 1] = pick(logits, plan[t])
+        codes = torch.empty(b, num_tokens, dtype=torch.long, device=device)  # (B, L), filled in place
+        if sampler == "sjd":  # its first pass is also the prefill
+            run = _sjd_decode(gpt, cond, codes, plan, sampling, sjd_window, fixed_noise=sjd_noise == "fixed")
+        else:
+            prefill_pos = torch.arange(cfg.cls_token_num, device=device)
+            logits = gpt.forward_cached(prefill_pos, labels=cond, kv_len=cfg.cls_token_num)[:, -1]  # (R, K)
+            codes[:, :1] = sampling.pick(logits, plan[0])
+            if compile or cuda_graphs:
+                run = _StaticDecoder(gpt, codes, plan, sampling, compile, cuda_graphs).decode()
+            else:
+                run = _eager_decode(gpt, codes, plan, sampling)
     finally:
         gpt.remove_caches()
         gpt.train(was_training)
+    if stats is not None:
+        stats.clear()
+        stats.update(run, codes_per_forward=num_tokens / run["forwards"])
     return codes
+
+
+class _Sampling:
+    """Guidance + filtering + draw of the next codes, shared by every decoder."""
+
+    def __init__(self, use_cfg: bool, temperature: float, top_k: int, top_p: float,
+                 generator: torch.Generator | None) -> None:
+        self.use_cfg, self.temperature, self.top_k, self.top_p = use_cfg, temperature, top_k, top_p
+        self.generator = generator
+
+    def guide(self, logits: torch.Tensor, scale: float | torch.Tensor | None,
+              guided: torch.Tensor | None = None) -> torch.Tensor:
+        """(R, ..., K) -> (B, ..., K): `uncond + (cond - uncond) * scale` with guidance, else the cond rows.
+
+        `scale` None: the conditional logits (past cfg_interval). A tensor `scale` comes with a boolean `guided`
+        (same shape) choosing per element, so that a schedule can live on the device."""
+        if not self.use_cfg:
+            return logits
+        cond, uncond = logits.chunk(2, dim=0)  # (R, ..., K) -> 2 x (B, ..., K)
+        if guided is not None:
+            return torch.where(guided, uncond + (cond - uncond) * scale, cond)
+        return cond if scale is None else uncond + (cond - uncond) * scale
+
+    def probs(self, guided_logits: torch.Tensor) -> torch.Tensor:
+        return filtered_probs(guided_logits, self.temperature, self.top_k, self.top_p)
+
+    def noise(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        return exponential_noise(shape, device, self.generator)
+
+    def pick(self, logits: torch.Tensor, scale: float | None) -> torch.Tensor:
+        """Guide (R, K) logits into (B, K) and draw (B, 1) codes."""
+        probs = self.probs(self.guide(logits, scale))
+        return draw(probs, self.noise(probs.shape, probs.device))
+
+
+def _step_inputs(codes: torch.Tensor, t: int, use_cfg: bool) -> torch.Tensor:
+    """The previous code of every row, (R, 1): both halves of a guided batch see the same sampled code."""
+    x = codes[:, t - 1:t]  # (B, 1)
+    return torch.cat([x, x]) if use_cfg else x
+
+
+def _eager_decode(gpt: GPT, codes: torch.Tensor, plan: list[float | None], sampling: _Sampling) -> dict[str, Any]:
+    """One forward pass per code, attention over the filled cache prefix only (no mask; shapes grow per step)."""
+    c, num_tokens = gpt.config.cls_token_num, codes.shape[1]
+    positions = torch.arange(c, c + num_tokens, device=codes.device)  # code t - 1 sits at position c + t - 1
+    for t in range(1, num_tokens):
+        x = _step_inputs(codes, t, sampling.use_cfg)
+        logits = gpt.forward_cached(positions[t - 1:t], codes=x, kv_len=c + t)[:, -1]  # (R, K)
+        codes[:, t:t + 1] = sampling.pick(logits, plan[t])
+    return {"forwards": num_tokens}
+
+
+class _StaticDecoder:
+    """The decode step with fixed shapes for torch.compile and CUDA graphs.
+
+    Attention runs over the whole cache under a mask built on the device from the position; the per-step inputs
+    (position, guidance scale and flag, the draw's noise) are copied into preallocated buffers from tables made
+    once, and the drawn codes go straight into the preallocated output. With `cuda_graphs` the step (forward,
+    guidance, filtering, draw, writing the codes and the next step's inputs) is captured once and replayed; the
+    noise is drawn outside the graph from the caller's generator, so every step's draw is fresh and reproducible.
+    """
+
+    def __init__(self, gpt: GPT, codes: torch.Tensor, plan: list[float | None], sampling: _Sampling,
+                 compile: bool, cuda_graphs: bool) -> None:
+        self.gpt, self.codes, self.sampling, self.cuda_graphs = gpt, codes, sampling, cuda_graphs
+        device, (b, num_tokens) = codes.device, codes.shape
+        c = gpt.config.cls_token_num
+        self.positions = torch.arange(c - 1, c + num_tokens - 1, device=device)  # step t feeds position c + t - 1
+        self.scales = torch.tensor([1.0 if s is None else s for s in plan], dtype=torch.float32, device=device)
+        self.guided = torch.tensor([s is not None for s in plan], device=device)  # (L,) bool
+        rows = 2 * b if sampling.use_cfg else b
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # the step's buffers, refilled per step
+        self.x = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.scale = torch.ones((), dtype=torch.float32, device=device)
+        self.flag = torch.ones((), dtype=torch.bool, device=device)
+        self.noise_buf = torch.ones(b, gpt.config.vocab_size, dtype=torch.float32, device=device)
+        self.step_fn = self.step
+        if compile:
+            mode = "reduce-overhead" if device.type == "cuda" and not cuda_graphs else None
+            self.step_fn = torch.compile(self.step, mode=mode, fullgraph=True)
+
+    def step(self, pos: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, flag: torch.Tensor,
+             noise: torch.Tensor) -> torch.Tensor:
+        """(1,) position, (R, 1) codes in, () scale and flag, (B, K) noise -> (B, 1) drawn codes."""
+        logits = self.gpt.forward_cached(pos, codes=x, kv_len=None)[:, -1]  # (R, K), masked full cache
+        probs = self.sampling.probs(self.sampling.guide(logits, scale, flag))  # (B, K)
+        return draw(probs, noise)
+
+    def _load(self, t: int) -> None:
+        """Fill the buffers for code t (device-to-device copies and the noise draw; nothing comes to the host)."""
+        self.pos.copy_(self.positions[t:t + 1])
+        self.x.copy_(_step_inputs(self.codes, t, self.sampling.use_cfg))
+        self.scale.copy_(self.scales[t])
+        self.flag.copy_(self.guided[t])
+        self.noise_buf.exponential_(1, generator=self.sampling.generator)  # = exponential_noise's draw
+
+    def decode(self) -> dict[str, Any]:
+        num_tokens = self.codes.shape[1]
+        if num_tokens == 1:
+            return {"forwards": 1}
+        graph = self._capture() if self.cuda_graphs else None
+        for t in range(1, num_tokens):
+            self._load(t)
+            if graph is not None:
+                graph.replay()
+                self.codes[:, t:t + 1] = self.out
+            else:
+                self.codes[:, t:t + 1] = self.step_fn(self.pos, self.x, self.scale, self.flag, self.noise_buf)
+        return {"forwards": num_tokens}
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        """Warm up on a side stream (allocator, cuBLAS), then capture one step reading and writing the buffers.
+
+        The warm-up runs the step for code 1 with its real inputs but without drawing noise: it only writes the
+        cache slot that the first replayed step writes again with the same values."""
+        self.pos.copy_(self.positions[1:2])
+        self.x.copy_(_step_inputs(self.codes, 1, self.sampling.use_cfg))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.step_fn(self.pos, self.x, self.scale, self.flag, self.noise_buf)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.out = self.step_fn(self.pos, self.x, self.scale, self.flag, self.noise_buf)  # (B, 1), graph memory
+        return graph
+
+
+def _sjd_decode(gpt: GPT, cond: torch.Tensor, codes: torch.Tensor, plan: list[float | None], sampling: _Sampling,
+                window: int, fixed_noise: bool = True) -> dict[str, Any]:
+    """Speculative Jacobi decoding of all L codes; the first pass is also the prefill (class token + drafts).
+
+    Every code has a draft with a known draft distribution q: at first uniform random codes (q = 1/K); later the
+    model's own prediction from a pass whose context held earlier drafts (the Jacobi update). A pass feeds the last
+    final code and the drafts after it (W positions; the first pass: the class token and W - 1 drafts) and gets the
+    exact distribution p of the first open code n given the final prefix, and of each later code given the drafts
+    before it. Drafts are checked in order: accepted with probability min(1, p(x) / q(x)); at the first rejection the
+    code is drawn from max(0, p - q) (renormalised), which makes every final code distributed exactly as p
+    (speculative sampling, Leviathan et al. 2023). The codes after it take new drafts from this pass's predictions.
+    Each pass finalises at least one code.
+
+    Redrawing those drafts with new noise every pass (the SJD paper) keeps them jumping even where the predictions
+    barely change. With `fixed_noise` each code k keeps one Exp(1) noise vector E_k from when it enters the window,
+    and its draft is argmax(q_k / E_k) (the exponential race, an exact draw from q_k): drafts then settle wherever
+    the context has settled, like greedy Jacobi decoding. Still exact: E_k only ever feeds the drafts of code k,
+    which influence later codes only, and code k is verified once; everything that decides when it is verified
+    and which q_k it has lies before k, so E_k is fresh to that check and the draft is distributed as q_k.
+
+    Rows advance in lockstep from the smallest final count n among them; codes a row has already finalised beyond
+    n are fed again and kept. The cache slots of rejected drafts are overwritten by the next pass, which starts at
+    the last final code (attention there is masked to the filled prefix plus the causal window).
+
+    Args:
+        cond: (R,) labels ([cond; null] with guidance). codes: (B, L) int64, overwritten with the result.
+    """
+    cfg = gpt.config
+    c, k = cfg.cls_token_num, cfg.vocab_size
+    (b, num_tokens), device = codes.shape, codes.device
+    gen = sampling.generator
+    positions = torch.arange(c + num_tokens, device=device)  # class token(s) 0 .. c - 1, code t at c + t
+    scales = torch.tensor([1.0 if s is None else s for s in plan], dtype=torch.float32, device=device)  # (L,)
+    guided = torch.tensor([s is not None for s in plan], device=device)  # (L,) bool
+    rows = torch.arange(b, device=device)
+    codes.copy_(torch.randint(k, (b, num_tokens), generator=gen, device=device))  # initial drafts, q = 1 / K
+    q = torch.full((b, window, k), 1.0 / k, device=device)  # draft distributions of codes n .. n + W - 1
+    e = sampling.noise((b, window, k), device) if fixed_noise else None  # fixed draft noise of the same codes
+    final = torch.zeros(b, dtype=torch.long, device=device)  # codes < final are final, per row
+    n, forwards, verified, accepted = 0, 0, 0, 0
+    while n < num_tokens:
+        t = min(window, num_tokens - n)  # codes n .. n + t - 1 are predicted by this pass
+        if n == 0:  # prefill: class token(s), then the drafts of codes 0 .. t - 2
+            x = codes[:, :t - 1]  # (B, T - 1)
+            x = torch.cat([x, x]) if sampling.use_cfg else x  # (R, T - 1)
+            logits = gpt.forward_cached(positions[:c + t - 1], codes=x if t > 1 else None, labels=cond,
+                                        kv_len=c + t - 1)[:, c - 1:]  # (R, T, K) from the last class position on
+        else:  # the last final code, then the drafts of codes n .. n + t - 2
+            x = codes[:, n - 1:n - 1 + t]  # (B, T)
+            x = torch.cat([x, x]) if sampling.use_cfg else x  # (R, T)
+            logits = gpt.forward_cached(positions[c + n - 1:c + n - 1 + t], codes=x, kv_len=c + n - 1 + t)
+        forwards += 1
+        probs = sampling.probs(sampling.guide(logits, scales[n:n + t, None], guided[n:n + t, None]))  # (B, T, K)
+        drafts, q_win = codes[:, n:n + t], q[:, :t]  # (B, T), (B, T, K)
+        p_d = probs.gather(-1, drafts[..., None])[..., 0]  # (B, T)
+        q_d = q_win.gather(-1, drafts[..., None])[..., 0]
+        u = torch.rand((b, t), generator=gen, device=device)
+        idx = torch.arange(t, device=device)
+        already = (n + idx)[None, :] < final[:, None]  # (B, T) final in an earlier pass
+        ok = (u * q_d < p_d) | already  # accept with probability min(1, p / q)
+        first_bad = torch.where(ok.all(1), t, (~ok).int().argmax(1))  # (B,), t: every draft accepted
+        at = first_bad.clamp(max=t - 1)
+        p_at, q_at = probs[rows, at], q_win[rows, at]  # (B, K) at the first rejection
+        residual = (p_at - q_at).clamp(min=0)
+        residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_at)
+        fix = draw(residual, sampling.noise(residual.shape, device))  # (B, 1)
+        noise = e[:, :t] if fixed_noise else sampling.noise(probs.shape, device)
+        fresh = draw(probs, noise)[..., 0]  # (B, T) Jacobi update of later drafts
+        later = idx[None, :] > first_bad[:, None]  # (B, T)
+        new = torch.where(later, fresh, drafts)
+        rejected = (first_bad < t)[:, None]
+        new.scatter_(1, at[:, None], torch.where(rejected, fix, new.gather(1, at[:, None])))
+        codes[:, n:n + t] = new
+        q[:, :t] = torch.where(later[..., None], probs, q_win)
+        new_final = n + torch.minimum(first_bad + 1, torch.full_like(first_bad, t))
+        checked = new_final - torch.maximum(final, torch.full_like(final, n))  # drafts verified, per row
+        counts = torch.stack([checked.sum(), (checked - rejected[:, 0].long()).sum(), new_final.min()]).tolist()
+        verified, accepted = verified + counts[0], accepted + counts[1]
+        final = new_final
+        step = counts[2] - n  # the one value read back per pass: how far every row got
+        q = torch.cat([q[:, step:], torch.full((b, step, k), 1.0 / k, device=device)], dim=1)
+        if fixed_noise:  # codes entering the window get their noise
+            e = torch.cat([e[:, step:], sampling.noise((b, step, k), device)], dim=1)
+        n += step
+    return {"forwards": forwards, "iterations": forwards,
+            "acceptance_rate": accepted / verified if verified else 0.0}

@@ -299,9 +299,10 @@ class GPT(nn.Module):
                 the class token only).
             labels: (R,) int64 classes, given only when position 0 is among `input_pos` (prefill).
             kv_len: the number of filled cache slots after this call (= last position + 1), as a Python int, when
-                the caller knows it. Attention then runs over that prefix only and needs no mask, instead of over
-                the whole cache under a mask (3x less attention work on average, and SDPA's masked CPU kernel is
-                slow). Leave it None under torch.compile / CUDA graphs, which want static shapes.
+                the caller knows it. Attention then runs over that prefix only, with no mask for one new position
+                or a prefill (else a (T, kv_len) causal mask), instead of over the whole cache under a mask (3x
+                less attention work on average, and SDPA's masked CPU kernel is slow). Leave it None under
+                torch.compile / CUDA graphs, which want static shapes.
 
         Returns:
             logits: (R, T, K) float32 for the T new positions.
@@ -312,6 +313,11 @@ class GPT(nn.Module):
         s = input_pos.shape[0]
         if kv_len is not None and (s == 1 or s == kv_len):
             mask = None  # one query sees the whole prefix; a prefill from 0 is plain causal over the prefix
+        elif kv_len is not None:
+            # a window of T new positions after a filled prefix (speculative decoding): the first kv_len slots,
+            # each position seeing the slots up to itself
+            mask = torch.arange(kv_len, device=h.device)[None, :] <= input_pos[:, None]  # (T, kv_len) bool
+            mask = mask[None, None]  # (1, 1, T, kv_len)
         else:
             kv_len = None
             s_max = self.layers[0].attention.kv_cache.max_seq_length

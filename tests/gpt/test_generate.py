@@ -1,6 +1,7 @@
 """Sampling: CFG schedules, filtering, KV-cached decoding == teacher forcing, reproducibility, model hygiene."""
 from __future__ import annotations
 
+import importlib
 import math
 import time
 
@@ -18,6 +19,7 @@ from gigatok.gpt.generate import (
 )
 from gigatok.gpt.model import GPT
 
+gen_module = importlib.import_module("gigatok.gpt.generate")  # the module (gigatok.gpt exports the function)
 torch.set_num_threads(2)
 V, N, NUM_CLASSES = 64, 16, 10  # debug vocabulary, codes per sample, classes
 
@@ -101,7 +103,7 @@ def test_top_k_keeps_ties_and_top_p_keeps_the_crossing_token():
 
 def test_sampling_is_seeded_and_greedy_with_top_k_1():
     logits = torch.randn(4, 32)
-    draw = lambda seed: sample_from_logits(logits, 1.0, 0, 0.9, torch.Generator().manual_seed(seed))  # noqa: E731
+    draw = lambda seed: sample_from_logits(logits, 1.0, 0, 0.9, torch.Generator().manual_seed(seed))
     assert torch.equal(draw(1), draw(1))
     assert torch.equal(sample_from_logits(logits, 1.0, top_k=1), logits.argmax(-1, keepdim=True))
     assert torch.equal(sample_from_logits(logits, temperature=0.0), logits.argmax(-1, keepdim=True))
@@ -148,7 +150,7 @@ def test_greedy_generation_replays_under_teacher_forcing(cfg_scale, schedule, kw
 def test_generation_is_reproducible_and_restores_the_model():
     gpt = debug_gpt("learned_1d").train()
     labels = torch.tensor([0, 5])
-    kwargs = dict(cfg_scale=2.0, cfg_schedule="linear", temperature=1.0, top_k=20, top_p=0.95)
+    kwargs = {"cfg_scale": 2.0, "cfg_schedule": "linear", "temperature": 1.0, "top_k": 20, "top_p": 0.95}
     a = generate(gpt, labels, N, generator=torch.Generator().manual_seed(0), **kwargs)
     b = generate(gpt, labels, N, generator=torch.Generator().manual_seed(0), **kwargs)
     c = generate(gpt, labels, N, generator=torch.Generator().manual_seed(1), **kwargs)
@@ -208,3 +210,95 @@ def test_compiled_decode_step_matches_eager():
     compiled = generate(gpt, labels, N, cfg_scale=2.0, top_k=1, compile=True)
     assert torch.equal(compiled, eager), f"compiled run took {time.time() - start:.1f}s"
     assert not gpt.has_caches
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the decode step for GPUs: no host sync per step, a static-shape step, multinomial-equal draws
+# Ops that read a value back to the host (or copy host data to the device) when the tensors live on a GPU;
+# torch.multinomial checks its input with `.item()` on CUDA.
+HOST_SYNC_OPS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.lift_fresh.default",
+                 "aten.masked_select.default", "aten.equal.default", "aten.is_nonzero.default",
+                 "aten.multinomial.default", "aten._unique2.default"}
+
+
+class HostSyncCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops in HOST_SYNC_OPS that run while active (CPU tensors dispatch the same ops as CUDA ones)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in HOST_SYNC_OPS:
+            self.syncs.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def host_syncs(fn) -> list[str]:
+    with HostSyncCounter() as counter:
+        fn()
+    return counter.syncs
+
+
+def test_the_sync_counter_sees_host_syncs():
+    x = torch.arange(4)
+    assert host_syncs(lambda: (x.sum().item(), torch.tensor([1]), torch.nonzero(x))) == [
+        "aten._local_scalar_dense.default", "aten.lift_fresh.default", "aten.nonzero.default"]
+
+
+@pytest.mark.parametrize("decoder", ["eager", "static"])
+def test_decode_steps_make_no_host_sync(decoder):
+    """Host syncs per call do not grow with the number of decode steps (only the setup may have them)."""
+    gpt = debug_gpt("rope_2d")
+    labels = torch.tensor([1, 4])
+
+    def run(num_tokens: int) -> list[str]:
+        if decoder == "eager":
+            call = lambda: generate(gpt, labels, num_tokens, cfg_scale=3.0, cfg_schedule="linear", top_k=5,
+                                    top_p=0.9, generator=torch.Generator().manual_seed(0))
+        else:
+            call = lambda: static_generate(gpt, labels, num_tokens)
+        return host_syncs(call)
+
+    assert run(4) == run(N)  # 3 vs 15 decode steps: the same (setup-only) syncs
+
+
+def static_generate(gpt: GPT, labels: torch.Tensor, num_tokens: int, cfg_scale: float = 3.0,
+                    **sampling) -> torch.Tensor:
+    """Decode with the static-shape step that torch.compile / CUDA graphs wrap, uncompiled (what the CPU can run)."""
+    plan = gen_module._cfg_plan(cfg_scale, num_tokens, "linear", None, -1)
+    sampler = gen_module._Sampling(cfg_scale > 1, sampling.get("temperature", 1.0), sampling.get("top_k", 5),
+                                   sampling.get("top_p", 0.9), torch.Generator().manual_seed(0))
+    cond = torch.cat([labels, torch.full_like(labels, NUM_CLASSES)])
+    gpt.setup_caches(cond.shape[0], 1 + num_tokens)
+    try:
+        codes = torch.empty(labels.shape[0], num_tokens, dtype=torch.long)
+        logits = gpt.forward_cached(torch.arange(1), labels=cond, kv_len=1)[:, -1]
+        codes[:, :1] = sampler.pick(logits, plan[0])
+        gen_module._StaticDecoder(gpt, codes, plan, sampler, compile=False, cuda_graphs=False).decode()
+    finally:
+        gpt.remove_caches()
+    return codes
+
+
+def test_static_decode_step_equals_eager_decoding():
+    """The masked full-cache step with device-side schedule and draws gives the eager codes: greedy exactly, and
+    sampled ones too on this CPU (same draws from the same generator, logits equal to rounding)."""
+    gpt = debug_gpt("learned_1d")
+    labels = torch.tensor([0, 7, 3])
+    greedy = static_generate(gpt, labels, N, top_k=1)
+    assert torch.equal(greedy, generate(gpt, labels, N, cfg_scale=3.0, cfg_schedule="linear", top_k=1))
+    sampled = static_generate(gpt, labels, N, top_k=0, top_p=1.0)
+    eager = generate(gpt, labels, N, cfg_scale=3.0, cfg_schedule="linear", generator=torch.Generator().manual_seed(0))
+    assert (sampled == eager).float().mean() > 0.9
+
+
+def test_draws_equal_torch_multinomial():
+    """`sample_from_logits` reproduces torch.multinomial's draws from the same generator (so seeded samples kept
+    their values when the sampler moved to the sync-free draw)."""
+    for seed, (rows, k) in enumerate([(3, 64), (8, 16384), (1, 256)]):
+        logits = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed)) * 3
+        ours = sample_from_logits(logits, 0.7, top_k=20, generator=torch.Generator().manual_seed(seed))
+        probs = torch.softmax(top_k_top_p_filtering(logits / 0.7, 20), dim=-1)
+        reference = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(ours, reference)

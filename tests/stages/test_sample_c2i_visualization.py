@@ -95,6 +95,13 @@ def test_same_seed_same_samples_and_flags_change_them(checkpoints, tmp_path):
     assert not np.array_equal(a, d)  # --ema loads the other weights
 
 
+def test_sjd_sampler_from_the_command_line(checkpoints, tmp_path):
+    """--sampler sjd: greedy (--top-k 1) images equal the plain sampler's; sampled ones are valid images."""
+    main(_argv(tmp_path / "plain", *checkpoints, "--top-k", "1"))
+    main(_argv(tmp_path / "sjd", *checkpoints, "--top-k", "1", "--sampler", "sjd", "--sjd-window", "4"))
+    np.testing.assert_array_equal(_load(tmp_path / "sjd")[0], _load(tmp_path / "plain")[0])
+
+
 def test_fp16_on_cpu_falls_back_to_fp32_and_bf16_runs(checkpoints, tmp_path, capsys):
     main(_argv(tmp_path / "fp32", *checkpoints))
     main(_argv(tmp_path / "fp16", *checkpoints, "--precision", "fp16"))
@@ -137,6 +144,8 @@ def test_user_errors_exit_2_with_a_message(checkpoints, tmp_path, capsys):
     assert "sigmoid" in _run_expecting_exit_2(_argv(out, vq, gpt, "--cfg-schedule", "sigmoid"), capsys)
     assert "cls_token_num=1" in _run_expecting_exit_2(_argv(out, vq, gpt, "--cls-token-num", "2"), capsys)
     assert "--num-token 32 differs" in _run_expecting_exit_2(_argv(out, vq, gpt, "--num-token", "32"), capsys)
+    assert "drop --cuda-graphs" in _run_expecting_exit_2(_argv(out, vq, gpt, "--cuda-graphs"), capsys)
+    assert "runs eagerly" in _run_expecting_exit_2(_argv(out, vq, gpt, "--sampler", "sjd", "--compile"), capsys)
     err = _run_expecting_exit_2(_argv(out, vq, gpt, "--gpt-2d"), capsys)  # learned positions in the file
     assert "does not match" in err and "cannot build" not in err and "pos_type='learned_1d'" in err
     assert not out.exists()  # every check fires before anything is written
