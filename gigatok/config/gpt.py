@@ -218,6 +218,8 @@ class SampleSettings:
     """plain: one code per forward pass; sjd: speculative Jacobi decoding (same distribution, fewer passes)."""
     sjd_window: int = field(default=16, metadata=between(2, None))
     """--sampler sjd: draft codes verified per forward pass."""
+    sjd_noise: str = field(default="fixed", metadata=choice("fixed", "fresh"))
+    """--sampler sjd: redraw a code's draft with the same noise each pass (fixed) or new noise (fresh, the paper)."""
     cuda_graphs: bool = False
     """Capture the decode step in a CUDA graph (CUDA only, --sampler plain)."""
     ema: bool = False

@@ -197,7 +197,7 @@ def generate_images(gpt: torch.nn.Module, tokenizer: torch.nn.Module, labels: to
     codes = generate(gpt, labels, tokenizer.num_tokens, cfg_scale=s.cfg_scale, cfg_schedule=s.cfg_schedule,
                      cfg_schedule_kwargs=schedule_kwargs, cfg_interval=s.cfg_interval, temperature=s.temperature,
                      top_k=s.top_k, top_p=s.top_p, generator=generator, compile=s.compile, sampler=s.sampler,
-                     sjd_window=s.sjd_window, cuda_graphs=s.cuda_graphs)  # (B, L) int64
+                     sjd_window=s.sjd_window, sjd_noise=s.sjd_noise, cuda_graphs=s.cuda_graphs)  # (B, L) int64
     with torch.no_grad():
         images = tokenizer.decode_code(codes).float()  # (B, 3, S, S) at S = image_size, unclamped ~[-1, 1]
         if image_size_eval != image_size:
