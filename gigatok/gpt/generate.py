@@ -3,14 +3,20 @@
 Decoding (SPEC_llamagen §2, SPEC_gigatok §6.4): with guidance the batch is doubled as [cond; null] (2B rows,
 cond first); prefill runs the class token alone, then one code per step is fed to both halves. Guided logits are
 `uncond + (cond - uncond) * cfg` on raw logits, then / temperature, top-k / top-p filtering, softmax and
-`torch.multinomial`. The first code (prefill) always uses the full `cfg_scale`; code t = 1 .. L-1 uses
+`torch.multinomial`'s draw (made here as the exponential race it runs internally, so that no step waits for the
+host). The first code (prefill) always uses the full `cfg_scale`; code t = 1 .. L-1 uses
 `schedule(ratio = t / (L - 1))`. Whether the batch is doubled is decided once from `cfg_scale > 1` (GigaTok
 re-tests every scheduled value and adds 1e-4 to keep it above 1, which our single decision makes moot; where its
 schedule does reach 1, the cosine's last code, the official code breaks while ours keeps guiding with 1.0).
 
+Decoders: eager (one code per forward, attention over the filled prefix), static (fixed shapes, masked full cache:
+for torch.compile and CUDA graphs) and speculative Jacobi decoding (`sampler="sjd"`: a window of drafts verified
+per forward with the exact speculative-sampling rule). T below is the number of positions of one forward pass.
+
 Shape letters: B batch; L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook
-size (= GPT vocabulary); R decoding rows (2B with classifier-free guidance, else B). Here B counts the samples
-(labels) and L = `num_tokens`, the codes generated per image.
+size (= GPT vocabulary); R decoding rows (2B with classifier-free guidance, else B); T sequence positions (here:
+the positions of one forward pass). Here B counts the samples (labels) and L = `num_tokens`, the codes generated per
+image.
 """
 from __future__ import annotations
 
