@@ -8,10 +8,15 @@ Shape letters: B batch; H, W height and width of an image or feature map; G late
 L latent tokens = codes per image (1D tokenizer: num_latent_tokens; 2D: G*G); K codebook size (= GPT vocabulary);
 Dc code dim (codebook_embed_dim); N a flattened count, stated where used. Here H, W are those of the latent map
 (H = 1 and W = L for 1D tokens, H = W = G for 2D, so H*W = L) and N = B*H*W vectors.
+
+Every quantizer (this one and those of `quantizer_zoo.py`: simvq, ibq, lfq, fsq) follows the `Quantizer` contract:
+`forward(z, replace_ratio)` -> (quant, `QuantizerLosses`, codes), `quantize_to_codes`, `lookup`, `codebook_size`
+(the GPT vocabulary), `code_dim`, and, where `show_usage`, the `codebook_used` window buffer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -25,12 +30,56 @@ USAGE_WINDOW = 65536  # length of the sliding window of recent indices kept in `
 @dataclass
 class QuantizerLosses:
     """Training losses of one quantizer call (scalars; zero tensors in eval). `usage` is a Python float: the share
-    of codes seen in the sliding window of the last 65,536 indices of this rank."""
+    of codes seen in the sliding window of the last 65,536 indices of this rank (fsq: 4K indices)."""
 
     vq: torch.Tensor
     commit: torch.Tensor
     entropy: torch.Tensor
     usage: float
+
+
+@runtime_checkable
+class Quantizer(Protocol):
+    """What a tokenizer needs from its `quantize` module (an `nn.Module`).
+
+    `codebook_size` is K, the number of distinct codes (implicit for lfq = 2**Dc and fsq = prod(levels)): codes lie
+    in [0, K) and K is the GPT vocabulary. `code_dim` is Dc, the channels of z and of the quantized output.
+    """
+
+    codebook_size: int
+    code_dim: int
+
+    def forward(self, z: torch.Tensor, replace_ratio: float | None = None
+                ) -> tuple[torch.Tensor, QuantizerLosses, torch.Tensor]:
+        """z (B, Dc, H, W) -> quant (B, Dc, H, W) float32, losses (zeros in eval), codes (B, H*W) int64."""
+        ...
+
+    def quantize_to_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, Dc, H, W) -> codes (B, H*W) int64, without gradients or losses."""
+        ...
+
+    def lookup(self, codes: torch.Tensor, latent_shape: tuple[int, int]) -> torch.Tensor:
+        """codes (B, H*W) or (B*H*W,) -> quantized values (B, Dc, H, W) float32, equal to forward's quant."""
+        ...
+
+
+@torch.no_grad()
+def update_usage_window(window: torch.Tensor, indices: torch.Tensor, codebook_size: int) -> float:
+    """Shift the usage window left by N, write these N indices at its end, return #unique / K.
+
+    The official sliding window (65,536 entries for vq/lfq, 4K for fsq); its zero fill counts as code 0 until the
+    window is full, as in the official code.
+    """
+    n = min(indices.numel(), window.numel())
+    window.copy_(torch.cat([window[n:], indices.reshape(-1)[-n:].to(window.dtype)]))
+    return torch.unique(window).numel() / codebook_size
+
+
+def replace_with_continuous(z: torch.Tensor, quant: torch.Tensor, replace_ratio: float) -> torch.Tensor:
+    """Keep each row of z (N, Dc) instead of its quantized row with probability replace_ratio (official
+    `random_mix_reg`); quant (N, Dc) -> (N, Dc)."""
+    keep = torch.bernoulli(torch.full((z.shape[0], 1), float(replace_ratio), device=z.device))
+    return torch.where(keep.bool(), z, quant)  # (N, 1) mask broadcast over Dc
 
 
 def entropy_loss(affinity: torch.Tensor, temperature: float, all_ranks: bool = False) -> torch.Tensor:
@@ -160,18 +209,14 @@ class VectorQuantizer(nn.Module):
             else:
                 quant = z_n + (z_q - z_n).detach()
             if replace_ratio and self.training:
-                keep = torch.bernoulli(torch.full((z_n.shape[0], 1), float(replace_ratio), device=z_n.device))
-                quant = torch.where(keep.bool(), z_n, quant)  # (N, 1) mask broadcast over Dc
+                quant = replace_with_continuous(z_n, quant, replace_ratio)
         quant = quant.view(b, h, w, self.code_dim).permute(0, 3, 1, 2)  # (N, Dc) -> (B, Dc, H, W)
         return quant, losses, indices.view(b, h * w)
 
     @torch.no_grad()
     def _update_usage(self, indices: torch.Tensor) -> float:
         """Shift the window left by N and write this batch's indices at its end; return #unique / K."""
-        n = min(indices.numel(), USAGE_WINDOW)
-        window = self.codebook_used
-        window.copy_(torch.cat([window[n:], indices[-n:].to(window.dtype)]))
-        return torch.unique(window).numel() / self.codebook_size
+        return update_usage_window(self.codebook_used, indices, self.codebook_size)
 
     def lookup(self, codes: torch.Tensor, latent_shape: tuple[int, int]) -> torch.Tensor:
         """Codes (B, H*W) or (B*H*W,) -> normalised codewords (B, Dc, H, W) float32 (the official
