@@ -41,7 +41,11 @@ from gigatok.infra.checkpoint import (
 )
 from gigatok.infra.parallel import restore_memory_format
 from gigatok.infra.run_dir import config_changes
-from gigatok.tokenizer.vq_model import TOKENIZER_MODELS
+from gigatok.tokenizer.llamagen_vq import LLAMAGEN_VQ_MODELS
+from gigatok.tokenizer.vq_model import TOKENIZER_MODELS as HYBRID_TOKENIZER_MODELS
+
+# Tokenizer classes by `model.model_cls`: GigaTok's hybrid tokenizers and LlamaGen's CNN VQ-16 / VQ-8.
+TOKENIZER_MODELS = {**HYBRID_TOKENIZER_MODELS, **LLAMAGEN_VQ_MODELS}
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
 

@@ -22,7 +22,12 @@ from typing import Any
 
 import torch
 
-from gigatok.builders import load_gpt, load_tokenizer, read_safetensors
+from gigatok.builders import (
+    TOKENIZER_MODELS,
+    load_gpt,
+    load_tokenizer,
+    read_safetensors,
+)
 from gigatok.config import ConfigError, VQConfig, config_from_dict, to_yaml
 from gigatok.config.tokenizer import CausalSettings, ModelSection
 from gigatok.errors import UserError
@@ -31,7 +36,6 @@ from gigatok.gpt.model import GPT, GPT_MODELS
 from gigatok.infra.checkpoint import CheckpointError
 from gigatok.infra.io import atomic_write, write_text_atomic
 from gigatok.infra.parallel import unwrap
-from gigatok.tokenizer.vq_model import TOKENIZER_MODELS
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"

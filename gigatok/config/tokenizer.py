@@ -136,7 +136,7 @@ class VQModelArgs:
 
 @dataclass
 class ModelSection:
-    model_cls: str = "VQVitModelPlus"  # or "VQVitModel2DPlus"
+    model_cls: str = "VQVitModelPlus"  # or "VQVitModel2DPlus"; "VQ-16" / "VQ-8": LlamaGen's CNN VQ (llamagen_vq.py)
     init_args: VQModelArgs = field(default_factory=VQModelArgs)
     causal_settings: CausalSettings = field(default_factory=CausalSettings)
     # A checkpoint to start a new run from (model, EMA, optimizers, discriminator when present) at step 0; used

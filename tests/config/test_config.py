@@ -68,11 +68,12 @@ def test_every_yaml_loads_into_the_typed_schema(path):
     config = load_config(path)
     assert isinstance(config, VQConfig)
     args = config.model.init_args
-    assert config.model.model_cls in ("VQVitModelPlus", "VQVitModel2DPlus")
+    assert config.model.model_cls in ("VQVitModelPlus", "VQVitModel2DPlus", "VQ-16", "VQ-8")  # + LlamaGen's CNN VQs
     assert config.loss.loss_cls == "VQLoss"
-    # Every file names its Q-Former sizes explicitly and they exist in the registry.
+    # Every file names its Q-Former sizes explicitly and they exist in the registry (LlamaGen's VQs have none).
     assert args.model_size is None
-    assert args.encoder_size in TRANSFORMER_SIZES and args.decoder_size in TRANSFORMER_SIZES
+    if config.model.model_cls.startswith("VQVit"):
+        assert args.encoder_size in TRANSFORMER_SIZES and args.decoder_size in TRANSFORMER_SIZES
     # The CNN grid must be whole and, for 1D files, hold at least as many cells as latent tokens.
     factor = 2 ** (len(args.encoder_ch_mult) - 1)
     assert args.image_size % factor == 0
