@@ -5,7 +5,14 @@
         [--official-root PATH]
 
     python -m gigatok.bench gpt --gpt-model GPT-B --mode generate|train --batch-size 8 [--cfg-scale 4.0]
-        [--compile] [--precision fp32|bf16] [--threads N] [--repeat N] [--device cpu|cuda]
+        [--compile] [--optimizer-step] [--precision fp32|bf16] [--threads N] [--repeat N] [--device cpu|cuda]
+        [--sampler plain|sjd] [--sjd-window 16] [--cuda-graphs] [--temperature T] [--top-k K] [--gpt-ckpt PATH]
+
+    python -m gigatok.bench gpu-check [--device cuda|cpu] [--tiny] [--budget-s 480] [--out PATH]
+        [--official-root PATH] [--inception-weights PATH|random] [--parts a,b,...]   (see gigatok.bench.gpu_check)
+
+    python -m gigatok.bench sjd [--demo-dir results/demo] [--images 50] [--rounds 3] [--seeds 0,1,2]
+        [--window 16] [--skip-quality]      (see gigatok.bench.sjd_demo)
 
     python -m gigatok.bench eval [--num-images 128] [--image-size 256] [--batch-size 64] [--threads N]
         [--weights PATH] [--rounds 2]
@@ -22,7 +29,12 @@ unless `--official-cpu-malloc tuned` gives it the same tuning. `cpu_malloc` / `o
 
 GPT (random weights; timing does not depend on them): `generate` times sampling `--num-tokens` codes per image
 with the KV cache (the batch is doubled when `--cfg-scale` > 1, and the model is cast to `--precision` as the
-sampler does); `train` times one teacher-forced forward + backward (autocast under bf16, as in training).
+sampler does); `train` times one teacher-forced forward + backward (autocast under bf16, as in training),
+plus the AdamW step with `--optimizer-step` (each side's trainer's optimizer: fused, >= 2-D parameters decay);
+`split_s` holds the median forward / backward / optimizer seconds (`official_split_s` side by side).
+`generate` also reports the model calls per batch (`forwards`: forward passes per image at batch 1), codes per
+call and, for `--sampler sjd`, the draft acceptance rate; `--gpt-ckpt` times trained weights (SJD's acceptance
+depends on them: random weights have a zero output head, so every SJD draft is accepted).
 
 Eval: Inception feature extraction (the ADM evaluator's network, gigatok.eval.inception) against
 torch-fidelity's FeatureExtractorInceptionV3 with the same weights, on the same random uint8 images,
@@ -44,6 +56,7 @@ import torch
 
 from gigatok.gpt.model import GPT_MODELS
 from gigatok.infra.host_memory import cpu_allocator_state, tune_cpu_allocator
+from gigatok.infra.optim import build_adamw
 from gigatok.infra.parallel import (
     cnn_channels_last,
     cnn_channels_last_for_training,
@@ -177,6 +190,20 @@ def _official_gpt(root: str, gpt_model: str, args: argparse.Namespace) -> tuple[
     return model, official_generate
 
 
+# AdamW settings of both GPT trainers' defaults (ours: gigatok.config.gpt; official: train_c2i.py's flags).
+TRAIN_LR, TRAIN_BETAS, TRAIN_WEIGHT_DECAY = 1e-4, (0.9, 0.95), 0.05
+
+
+def _official_gpt_adamw(model: torch.nn.Module, lr: float, betas: tuple[float, float],
+                        weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer the official train_c2i.py builds (`creat_optimizer`): [>= 2-D params with weight decay,
+    the rest without], fused AdamW whenever torch's AdamW takes `fused` (it always does in torch >= 2.0)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+
+
 def _matmul_shapes(gpt: torch.nn.Module) -> list[tuple[int, int]]:
     """(out, in) of every weight matrix a decode step multiplies with: per layer wqkv, wo, w1, w3, w2; the head."""
     shapes = []
@@ -225,8 +252,11 @@ def bench_gpt(args: argparse.Namespace) -> dict:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    gpt = build_gpt(args.gpt_model, vocab_size=args.vocab_size, block_size=args.num_tokens,
-                    num_classes=args.num_classes).to(device)
+    if args.gpt_ckpt:  # trained weights (SJD's acceptance depends on them; plain timing does not)
+        gpt = _load_trained_gpt(args, device)
+    else:
+        gpt = build_gpt(args.gpt_model, vocab_size=args.vocab_size, block_size=args.num_tokens,
+                        num_classes=args.num_classes).to(device)
     is_official = args.impl == "official"
     model = gpt
     if is_official:
@@ -243,6 +273,7 @@ def bench_gpt(args: argparse.Namespace) -> dict:
         # The samplers cast the whole GPT (no autocast), so the KV cache is in that dtype too.
         model = model.to(dtype).eval()
         generator = torch.Generator(device).manual_seed(0)
+        gen_stats: dict = {}
 
         def step() -> None:
             if is_official:
@@ -252,19 +283,36 @@ def bench_gpt(args: argparse.Namespace) -> dict:
                                       top_p=1.0, sample_logits=True)
             else:
                 generate(model, labels, args.num_tokens, cfg_scale=args.cfg_scale, generator=generator,
-                         compile=args.compile)
+                         compile=args.compile, sampler=args.sampler, sjd_window=args.sjd_window,
+                         cuda_graphs=args.cuda_graphs, temperature=args.temperature, top_k=args.top_k,
+                         stats=gen_stats)
     else:
         model.train()
         compiled = torch.compile(model) if args.compile else model
+        optimizer = None
+        if args.optimizer_step:  # AdamW as each side's trainer builds it, at the trainers' default settings
+            optimizer = (_official_gpt_adamw(model, TRAIN_LR, TRAIN_BETAS, TRAIN_WEIGHT_DECAY) if is_official else
+                         build_adamw(model, TRAIN_LR, betas=TRAIN_BETAS, weight_decay=TRAIN_WEIGHT_DECAY,
+                                     decay_policy="matrices_only"))
+        split: list[tuple[float, float, float]] = []  # (forward, backward, optimizer) seconds of each call
 
         def step() -> None:
+            start = time.perf_counter()
             model.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 if is_official:
                     _, loss = compiled(idx=codes[:, :-1], cond_idx=labels, targets=codes)
                 else:
                     _, loss = compiled(codes[:, :-1], labels, targets=codes)  # logits (B, N, K) vs codes (B, N)
+            _sync(device)
+            forward_end = time.perf_counter()
             loss.backward()
+            _sync(device)
+            backward_end = time.perf_counter()
+            if optimizer is not None:
+                optimizer.step()
+                _sync(device)
+            split.append((forward_end - start, backward_end - forward_end, time.perf_counter() - backward_end))
 
     times = time_fn(step, args.repeat, device)
     median = statistics.median(times)
@@ -274,16 +322,37 @@ def bench_gpt(args: argparse.Namespace) -> dict:
         rows = args.batch_size * (2 if args.cfg_scale > 1 else 1)
         floor = decode_matmul_floor(_matmul_shapes(gpt), rows, dtype, device)
         step_s = median / args.num_tokens
+        if not is_official:  # forward passes per batch = per image at batch 1 (plain: one per code)
+            result.update(sampler=args.sampler, cuda_graphs=args.cuda_graphs, forwards=gen_stats.get("forwards"),
+                          codes_per_forward=gen_stats.get("codes_per_forward"),
+                          acceptance_rate=gen_stats.get("acceptance_rate"),
+                          sjd_window=args.sjd_window if args.sampler == "sjd" else None,
+                          gpt_ckpt=args.gpt_ckpt, temperature=args.temperature, top_k=args.top_k)
         result.update(cfg_scale=args.cfg_scale, images_per_s=args.batch_size / median,
                       tokens_per_s=args.batch_size * args.num_tokens / median, step_ms=round(1e3 * step_s, 2),
                       matmul_floor_ms=round(1e3 * floor, 2), step_over_floor=round(step_s / floor, 3))
     else:
         flops = train_flops(gpt, args.batch_size, args.num_tokens)
         peak = matmul_throughput(dtype, device)
+        timed = split[1:]  # the first call is the warm-up
+        result["optimizer_step"] = args.optimizer_step
+        result["split_s"] = {part: round(statistics.median(s[i] for s in timed), 4)
+                             for i, part in enumerate(("forward", "backward", "optimizer"))}
         result.update(tokens_per_s=args.batch_size * args.num_tokens / median, train_tflops=round(flops / 1e12, 3),
                       achieved_gflop_s=round(flops / median / 1e9, 1), matmul_gflop_s=round(peak / 1e9, 1),
                       share_of_matmul=round(flops / median / peak, 3))
     return _summary(result, args, times, device)
+
+
+def _load_trained_gpt(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The GPT of a training checkpoint (ours or official format), sized from the checkpoint; the bench's
+    --num-tokens / --vocab-size / --num-classes follow it."""
+    from gigatok.api import load_gpt
+
+    gpt = load_gpt(args.gpt_ckpt, device=device)
+    args.num_tokens, args.vocab_size = gpt.config.block_size, gpt.config.vocab_size
+    args.num_classes, args.gpt_model = gpt.config.num_classes, f"{args.gpt_model} ({args.gpt_ckpt})"
+    return gpt
 
 
 def bench_eval(args: argparse.Namespace) -> dict:
@@ -360,6 +429,9 @@ def _run_side_by_side(argv: list[str], rounds: int) -> dict:
             "official_median_s": medians["official"], "official_times_s": times["official"],
             "official_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["official"]),
             "official_cpu_malloc": runs["official"][-1]["cpu_malloc"],
+            **({f"{prefix}split_s": {part: round(statistics.median(r["split_s"][part] for r in runs[impl]), 4)
+                                     for part in runs[impl][-1]["split_s"]}
+                for impl, prefix in (("ours", ""), ("official", "official_")) if "split_s" in runs[impl][-1]}),
             "speedup": round(medians["official"] / medians["ours"], 3)}
 
 
@@ -392,6 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     gpt.add_argument("--vocab-size", type=int, default=16384, help="codebook size K")
     gpt.add_argument("--num-classes", type=int, default=1000, help="number of classes")
     gpt.add_argument("--compile", action="store_true", help="torch.compile the decode step / the model")
+    gpt.add_argument("--optimizer-step", action="store_true",
+                     help="train: time the AdamW step too (each side's trainer's AdamW: fused, matrices decay)")
+    gpt.add_argument("--sampler", choices=["plain", "sjd"], default="plain",
+                     help="generate: plain decoding or speculative Jacobi decoding")
+    gpt.add_argument("--sjd-window", type=int, default=16, help="generate, sjd: drafts verified per forward pass")
+    gpt.add_argument("--cuda-graphs", action="store_true", help="generate: capture the decode step in a CUDA graph")
+    gpt.add_argument("--temperature", type=float, default=1.0, help="generate: softmax temperature")
+    gpt.add_argument("--top-k", type=int, default=0, help="generate: top-k filtering (1: greedy; 0: off)")
+    gpt.add_argument("--gpt-ckpt", default=None,
+                     help="generate: trained weights (a train_c2i checkpoint); sizes come from it (default: random)")
     gpt.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                      help="compute dtype (generate: the GPT is cast to it, as the samplers do)")
     gpt.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
@@ -412,7 +494,24 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--weights", default=None, help="Inception weights file (default: the usual lookup)")
     ev.add_argument("--rounds", type=int, default=2, help="alternating timed passes over the images per impl")
     ev.set_defaults(official_root=None, impl="ours")
+    from gigatok.bench.gpu_check import add_arguments as add_gpu_check_arguments
+
+    add_gpu_check_arguments(sub.add_parser("gpu-check", help="the prepared one-command GPU check (docs/benchmarks.md)",
+                                           description="Run every GPU path once; one JSON report on stdout."))
+    from gigatok.bench import sjd_demo
+
+    sjd_demo.add_arguments(sub.add_parser("sjd", help="speculative Jacobi vs plain decoding on the CPU demo's GPT",
+                                          description=sjd_demo.__doc__.split("\n\n")[0]))
     args = parser.parse_args(argv)
+    if args.bench == "sjd":
+        from gigatok.infra.cli import run_stage
+
+        return run_stage(lambda: sjd_demo.main(args))  # no demo run: exit 2 with the command to run
+    if args.bench == "gpu-check":
+        from gigatok.bench.gpu_check import run_from_args
+        from gigatok.infra.cli import run_stage
+
+        return run_stage(lambda: run_from_args(args))  # a user error (bad --parts): exit 2
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.official_root and args.impl is None:

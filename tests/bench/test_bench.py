@@ -41,6 +41,18 @@ def test_gpt(mode, rate, capsys):
         assert result["tokens_per_s"] == pytest.approx(2 * 16 / result["median_s"])
 
 
+def test_gpt_generate_reports_forward_passes_per_sampler(capsys):
+    common = ["gpt", "--gpt-model", "debug", "--batch-size", "1", "--num-tokens", "16", "--vocab-size", "64",
+              "--num-classes", "10", "--repeat", "1", "--threads", "1", "--temperature", "0.5"]
+    plain = _run([*common, "--sampler", "plain"], capsys)
+    assert plain["sampler"] == "plain" and plain["forwards"] == 16 and plain["codes_per_forward"] == 1
+    sjd = _run([*common, "--sampler", "sjd", "--sjd-window", "8"], capsys)
+    assert sjd["sampler"] == "sjd" and sjd["sjd_window"] == 8 and 0 <= sjd["acceptance_rate"] <= 1
+    # random weights have a zero output head: every code is uniform, every draft accepted (window 8: 2 passes)
+    assert sjd["forwards"] == 2 and sjd["codes_per_forward"] == 8
+    assert sjd["images_per_s"] > 0
+
+
 def test_gpt_bf16_without_guidance(capsys):
     result = _run(["gpt", "--gpt-model", "debug", "--batch-size", "1", "--num-tokens", "8", "--vocab-size", "64",
                    "--cfg-scale", "1.0", "--precision", "bf16", "--repeat", "1", "--threads", "1"], capsys)

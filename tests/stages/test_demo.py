@@ -170,3 +170,27 @@ def test_a_stage_stopped_by_ctrl_c_is_reported_as_an_interruption(tmp_path, monk
     with StageRunner(tmp_path / "out", threads=1, warm=warm) as runner:
         with pytest.raises(KeyboardInterrupt):
             runner.run(stage, 1, 1)
+
+
+def test_sjd_bench_on_the_demo_gpt(quick_demo, capsys):
+    """`gigatok.bench sjd` times both samplers on the demo's GPT and re-runs its samples command per sampler."""
+    from gigatok.bench import main as bench_main
+
+    assert bench_main(["sjd", "--demo-dir", str(quick_demo), "--images", "2", "--rounds", "1", "--seeds", "0",
+                       "--window", "4"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["greedy_identical"] is True and result["codes_per_image"] == 16
+    batch1 = result["batch1"]
+    assert batch1["plain"]["forwards_per_image"] == 16 and 4 <= batch1["sjd"]["forwards_per_image"] <= 16
+    assert batch1["wall_speedup"] > 0 and 0 <= batch1["sjd"]["acceptance_rate"] <= 1
+    runs = result["quality"]["runs"]
+    assert [r["seed"] for r in runs["plain"]] == [0] and [r["seed"] for r in runs["sjd"]] == [0]
+    for r in runs["plain"] + runs["sjd"]:
+        assert 0 <= r["class_agreement"] <= 1
+        assert (r["fid"] is not None) == inception_available()[0]
+
+
+def test_sjd_bench_without_a_demo_run_is_a_user_error(tmp_path, capsys):
+    from gigatok.bench import main as bench_main
+
+    assert "run the demo first" in expect_exit_2(bench_main, ["sjd", "--demo-dir", str(tmp_path)], capsys)
