@@ -12,6 +12,7 @@ Loading is always strict: any missing, unexpected or mis-shaped key is a `Checkp
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from gigatok.config import (
     GPTModelConfig,
     GPTTrainConfig,
     VQConfig,
+    config_from_dict,
     load_config,
     to_dict,
 )
@@ -43,6 +45,7 @@ from gigatok.infra.parallel import restore_memory_format
 from gigatok.infra.run_dir import config_changes
 from gigatok.tokenizer.llamagen_vq import LLAMAGEN_VQ_MODELS
 from gigatok.tokenizer.vq_model import TOKENIZER_MODELS as HYBRID_TOKENIZER_MODELS
+from gigatok.tokenizer.vq_model import build_tokenizer_quantizer
 
 # Tokenizer classes by `model.model_cls`: GigaTok's hybrid tokenizers and LlamaGen's CNN VQ-16 / VQ-8.
 TOKENIZER_MODELS = {**HYBRID_TOKENIZER_MODELS, **LLAMAGEN_VQ_MODELS}
@@ -183,7 +186,68 @@ def load_tokenizer(checkpoint: str | os.PathLike | None, config: VQConfig | str 
     load_state_dict_strict(tokenizer, state, source=source, assign=True,
                            hint=_config_hint(checkpoint, config, recorded))
     restore_memory_format(tokenizer)  # adopted tensors keep the checkpoint's layout
+    _materialize_quantizer_constants(tokenizer, config)
     return tokenizer.to(device).eval()
+
+
+def _materialize_quantizer_constants(tokenizer: torch.nn.Module, config: VQConfig) -> None:
+    """Give the quantizer's non-persistent constant buffers (lfq's bit values, fsq's levels and basis), which no
+    checkpoint holds and the meta build left without data, their values from a quantizer built on the CPU."""
+    quantize = tokenizer.quantize
+    missing = [name for name, buf in quantize.named_buffers() if buf.is_meta]
+    if missing:
+        fresh = dict(build_tokenizer_quantizer(config.model.init_args).named_buffers())
+        for name in missing:
+            module_name, _, buffer_name = name.rpartition(".")
+            quantize.get_submodule(module_name).register_buffer(buffer_name, fresh[name], persistent=False)
+
+
+# The official FSQ tokenizers (tokenizer/tokenizer_image/fsq/fsq_model.py `FSQ_models`, `--fsq-model`): LlamaGen's
+# CNN VQ model (128 base channels, 2 ResnetBlocks per level, z_channels 256) with an FSQ quantizer, so they are our
+# LlamaGen classes with `quantizer: fsq`. name -> (model_cls, ch_mult).
+FSQ_MODELS: dict[str, tuple[str, list[int]]] = {"FSQ-16": ("VQ-16", [1, 1, 2, 2, 4]), "FSQ-8": ("VQ-8", [1, 2, 2, 4])}
+DEFAULT_FSQ_LEVELS = [8, 8, 8, 6, 5]  # the official reconstruction_ddp.py --levels default
+
+
+def parse_fsq_levels(levels: str | list[int] | None, codebook_size_fsq: str | None = None) -> list[int]:
+    """The FSQ levels from the official flags: `--levels "8, 8, 8, 6, 5"` (reconstruction; a list also works) or
+    `--codebook-size-fsq 8^6` (samplers: six levels of 8); neither: `DEFAULT_FSQ_LEVELS`.
+
+    Raises:
+        ConfigError: both flags disagree, or either cannot be read.
+    """
+    parsed = None
+    if levels is not None:
+        try:
+            parsed = [int(v) for v in (levels.replace("[", "").replace("]", "").split(",")
+                                       if isinstance(levels, str) else levels)]
+        except ValueError:
+            raise ConfigError(f"--levels {levels!r}: expected integers separated by commas, e.g. '8,8,8,6,5'") from None
+    if codebook_size_fsq is not None:
+        base, sep, exponent = str(codebook_size_fsq).partition("^")
+        if not (sep and base.strip().isdigit() and exponent.strip().isdigit()):
+            raise ConfigError(f"--codebook-size-fsq {codebook_size_fsq!r}: expected 'a^b' (b levels of a), e.g. 8^6")
+        from_size = [int(base)] * int(exponent)
+        if parsed is not None and parsed != from_size:
+            raise ConfigError(f"--levels {parsed} and --codebook-size-fsq {codebook_size_fsq} ({from_size}) disagree; "
+                              "pass one of them")
+        parsed = from_size
+    return parsed if parsed is not None else list(DEFAULT_FSQ_LEVELS)
+
+
+def fsq_tokenizer_config(fsq_model: str, levels: list[int], image_size: int) -> VQConfig:
+    """The VQConfig of the official FSQ tokenizer `fsq_model` ("FSQ-16" | "FSQ-8") with these levels at
+    `image_size` px; its checkpoints (keys encoder.*, decoder.*, quant_conv, post_quant_conv,
+    quantize.codebook_used) load strictly into it."""
+    if fsq_model not in FSQ_MODELS:
+        raise ConfigError(f"--fsq-model {fsq_model!r} is not one of {sorted(FSQ_MODELS)}")
+    model_cls, ch_mult = FSQ_MODELS[fsq_model]
+    init_args = {"quantizer": "fsq", "levels": list(levels), "codebook_size": math.prod(levels),
+                 "codebook_embed_dim": len(levels), "encoder_ch_mult": ch_mult, "decoder_ch_mult": ch_mult,
+                 "cnn_ch": 128, "num_res_blocks": 2, "z_channels": 256, "dropout_p": 0.0, "image_size": image_size,
+                 "model_size": None, "num_latent_tokens": (image_size // 2 ** (len(ch_mult) - 1)) ** 2}
+    return config_from_dict({"model": {"model_cls": model_cls, "init_args": init_args}},
+                            source=f"--fsq-model {fsq_model} --levels {list(levels)}")
 
 
 def load_frozen_encoder(checkpoint: str | os.PathLike | None, config: VQConfig | str | os.PathLike,

@@ -75,17 +75,20 @@ class TokenizerRef:
     tok_config: Optional[str] = None
     """Tokenizer YAML, e.g. configs/vq/VQ_XLXXL256.yaml, matching --vq-ckpt."""
     quant_way: str = field(default="vq", metadata=choice("vq", "fsq"))
-    """Quantizer family: vq (fsq is not supported yet)."""
+    """vq: the tokenizer of --tok-config / --vq-ckpt; fsq: the official FSQ tokenizer of --fsq-model / --fsq-ckpt /
+    --levels (sampling only)."""
     image_size: Optional[int] = field(default=None, metadata=positive())
     """Image size S; must equal the tokenizer config's (null: that size)."""
     downsample_size: Optional[int] = field(default=None, metadata=positive())
     """Accepted for compatibility: the tokenizer config fixes the token grid (--gpt-2d training checks it)."""
     fsq_model: Optional[str] = None
-    """Official FSQ tokenizer model: not supported yet."""
+    """--quant-way fsq: the official FSQ tokenizer, FSQ-16 (default) or FSQ-8."""
     fsq_ckpt: Optional[str] = None
-    """Official FSQ tokenizer checkpoint: not supported yet."""
+    """--quant-way fsq: its checkpoint (official layout)."""
     codebook_size_fsq: Optional[str] = None
-    """Official FSQ codebook size (e.g. 8^6): not supported yet."""
+    """--quant-way fsq: its levels as 'a^b' (b levels of a, e.g. 8^6), or use --levels."""
+    levels: Optional[str] = None
+    """--quant-way fsq: its levels, e.g. '8,8,8,6,5' (default when neither this nor --codebook-size-fsq is given)."""
 
 
 @dataclass

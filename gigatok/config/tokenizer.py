@@ -8,10 +8,11 @@ Loading, overrides and errors: `gigatok.config.core`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from gigatok.config.checks import between, choice, positive
+from gigatok.config.checks import ConfigError, between, choice, positive
 
 # Transformer sizes shared by the Q-Former encoder/decoder: name -> (width, layers, heads).
 TRANSFORMER_SIZES: dict[str, tuple[int, int, int]] = {
@@ -34,6 +35,10 @@ TEACHER_DIMS: dict[str, int] = {
     "siglip-sovit-400m": 1152,
     "clip_dfn-vit-l/14": 1024,
 }
+
+
+# `model.init_args.quantizer` values: the names of `gigatok.tokenizer.quantizer_zoo.QUANTIZERS` (a test keeps them equal).
+QUANTIZER_NAMES = ("vq", "simvq", "ibq", "lfq", "fsq")
 
 
 # `model.causal_settings.causal_type` values (official `get_attn_mask`): the 1D encoder's queries attend causally,
@@ -66,9 +71,17 @@ class VQModelArgs:
     Field names and defaults are the official ones so that every official YAML loads unchanged. Options the
     official code marks deprecated or experimental are accepted here (so the files load) but rejected by the
     model builder with a clear message when switched on.
+
+    The quantizer (`quantizer`, see `gigatok.tokenizer.quantizer_zoo`) takes its parameters from the existing
+    fields: codebook_size (K, all; lfq: 2**codebook_embed_dim, fsq: prod(levels)), codebook_embed_dim (Dc, all; fsq:
+    len(levels)), commit_loss_beta and entropy_* (vq, simvq, ibq, lfq), codebook_l2_norm and rot (vq, simvq),
+    codebook_show_usage (all), codebook_transform and freeze_codebook (simvq), levels (fsq). The official switches
+    `simvq: True` and `use_lfq: True` select simvq and lfq (`resolved_quantizer`).
     """
 
     # quantizer
+    quantizer: str = field(default="vq", metadata=choice(*QUANTIZER_NAMES))  # ours; official: vq (+ simvq/use_lfq)
+    levels: Optional[list[int]] = None  # fsq: values per channel, e.g. [8, 5, 5, 5] (official --levels)
     codebook_size: int = field(default=16384, metadata=positive())
     codebook_embed_dim: int = field(default=8, metadata=positive())
     codebook_l2_norm: bool = True
@@ -129,9 +142,43 @@ class VQModelArgs:
     use_lfq: bool = False
     bernoulli_sample: bool = False
     eval_deterministic: bool = False
+    # simvq (official names): the codebook is codebook_transform(embedding); null transform = "linear"
     simvq: bool = False
-    codebook_transform: Optional[str] = None
+    codebook_transform: Optional[str] = field(default=None, metadata=choice("linear", "mlp"))
     freeze_codebook: bool = False
+
+    def resolved_quantizer(self) -> str:
+        """The quantizer name: `quantizer`, or simvq / lfq when the official `simvq` / `use_lfq` switch is on."""
+        if self.simvq:
+            return "simvq"
+        return "lfq" if self.use_lfq else self.quantizer
+
+    def __post_init__(self) -> None:
+        """Cross-field checks of the quantizer (each field's own range is checked by `checks.validate`)."""
+        name = self.quantizer
+        if self.simvq and self.use_lfq:
+            raise ConfigError("model.init_args: simvq and use_lfq are both True; switch one off (or set quantizer)")
+        for flag, implied in (("simvq", "simvq"), ("use_lfq", "lfq")):
+            if getattr(self, flag) and name not in ("vq", implied):
+                raise ConfigError(f"model.init_args: {flag}: True selects quantizer {implied!r} but quantizer is "
+                                  f"{name!r}; set {flag} to False or quantizer to {implied!r}")
+        name = self.resolved_quantizer()
+        if self.levels is not None and name != "fsq":
+            raise ConfigError(f"model.init_args.levels {list(self.levels)} is for quantizer 'fsq', not {name!r}; "
+                              "remove levels or set quantizer: fsq")
+        if name == "fsq":
+            if not self.levels or min(self.levels) < 2:
+                raise ConfigError(f"model.init_args: quantizer fsq needs levels, a list of integers >= 2 such as "
+                                  f"[8, 5, 5, 5]; got {self.levels}")
+            size, dim = math.prod(self.levels), len(self.levels)
+            if (self.codebook_size, self.codebook_embed_dim) != (size, dim):
+                raise ConfigError(f"model.init_args: fsq levels {list(self.levels)} give codebook_size {size} and "
+                                  f"codebook_embed_dim {dim}; set them so (got {self.codebook_size}, "
+                                  f"{self.codebook_embed_dim})")
+        if name == "lfq" and self.codebook_size != 2**self.codebook_embed_dim:
+            raise ConfigError(f"model.init_args: quantizer lfq has codebook_size 2**codebook_embed_dim = "
+                              f"{2**self.codebook_embed_dim} (one code per sign pattern of the {self.codebook_embed_dim} "
+                              f"channels); got codebook_size {self.codebook_size}")
 
 
 @dataclass

@@ -29,11 +29,13 @@ import torch.nn.functional as F
 
 from gigatok.builders import (
     check_gpt_flags,
+    fsq_tokenizer_config,
     load_gpt,
     load_tokenizer,
+    parse_fsq_levels,
     resolve_checkpoint_gpt,
 )
-from gigatok.config import GPTSampleConfig, VQConfig
+from gigatok.config import ConfigError, GPTSampleConfig, VQConfig, load_config
 from gigatok.config.flags import add_config_flags
 from gigatok.data.transforms import to_uint8
 from gigatok.errors import UserError
@@ -72,16 +74,36 @@ def add_sampler_args(parser: argparse.ArgumentParser) -> dict[str, str]:
 def check_sampler_config(config: GPTSampleConfig) -> None:
     """Reject unsupported or inconsistent settings before any model is built."""
     check_gpt_flags(config.model)
-    if config.tokenizer.quant_way != "vq":
-        raise UserError(f"--quant-way {config.tokenizer.quant_way} is not supported: GigaTok tokenizers are VQ "
-                        "(--quant-way vq).")
-    if config.tokenizer.tok_config is None:
+    if config.tokenizer.quant_way == "fsq":
+        if config.tokenizer.vq_ckpt is not None:
+            raise UserError("--quant-way fsq loads the tokenizer from --fsq-ckpt; drop --vq-ckpt (or use --quant-way "
+                            "vq with --tok-config for a tokenizer trained here with quantizer: fsq).")
+    elif config.tokenizer.tok_config is None:
         raise UserError("--tok-config is required: the tokenizer's YAML, e.g. configs/vq/VQ_XLXXL256.yaml, "
                         "matching --vq-ckpt.")
     s = config.sample
     if s.sampler == "sjd" and (s.compile or s.cuda_graphs):
         raise UserError("--sampler sjd runs eagerly (its window length changes per pass): drop --compile / "
                         "--cuda-graphs, or use --sampler plain with them.")
+
+
+def load_tokenizer_config(config: GPTSampleConfig) -> VQConfig:
+    """The tokenizer's config: --tok-config (--quant-way vq), or the official FSQ tokenizer of --fsq-model (default
+    FSQ-16) with --levels / --codebook-size-fsq at --image-size (default 256) for --quant-way fsq, whose checkpoint
+    --fsq-ckpt then fills `config.tokenizer.vq_ckpt` (the one tokenizer checkpoint every later step reads;
+    --tok-config, which the official scripts pass along, is not read)."""
+    tok = config.tokenizer
+    if tok.quant_way != "fsq":
+        return load_config(tok.tok_config)
+    try:
+        levels = parse_fsq_levels(tok.levels, tok.codebook_size_fsq)
+        vq_config = fsq_tokenizer_config(tok.fsq_model or "FSQ-16", levels, tok.image_size or 256)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    logger.info(f"--quant-way fsq: {tok.fsq_model or 'FSQ-16'} with levels {levels} "
+                f"({vq_config.model.init_args.codebook_size} codes), checkpoint {tok.fsq_ckpt}")
+    config.tokenizer = dataclasses.replace(tok, vq_ckpt=tok.fsq_ckpt)
+    return vq_config
 
 
 def check_sampling_device(config: GPTSampleConfig, device: torch.device) -> None:

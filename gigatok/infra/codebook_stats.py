@@ -3,7 +3,8 @@
 Everything works on code histograms (K,) rather than on the codes themselves, so the cross-rank version is one
 all-reduce of K counts per update, whatever the per-rank batch sizes. The rolling window covers the last
 `window` updates (batches); the official tokenizer's `codebook_used` buffer is a window of the last 65,536 codes,
-i.e. 256 images of 256 tokens (window=2 at a per-rank batch of 128, 1 rank).
+i.e. 256 images of 256 tokens (window=2 at a per-rank batch of 128, 1 rank). K is the tokenizer's codebook size,
+implicit for lfq (2**Dc) and fsq (prod(levels)); above `SPARSE_WINDOW_ABOVE` codes the window is stored sparsely.
 
 Definitions over a histogram n (K,) with N = sum(n):
     usage       = #{k : n_k > 0} / K                   fraction of codes hit at least once
@@ -19,6 +20,10 @@ import torch
 import torch.distributed as dist
 
 from gigatok.infra.dist import get_world_size
+
+# Codebooks larger than this (implicit lfq / fsq codebooks, e.g. fsq 8^8 = 16.8M codes) keep the rolling window's
+# histograms sparse; the cumulative counts stay one dense (K,) int64 tensor (134 MB at K = 8^8).
+SPARSE_WINDOW_ABOVE = 2**18
 
 
 def compute_codebook_stats(counts: torch.Tensor) -> dict[str, float]:
@@ -56,7 +61,8 @@ class CodebookUsageTracker:
         self.codebook_size = codebook_size
         self.window = window
         self.sync = sync
-        self._recent: deque[torch.Tensor] = deque()
+        # each update's histogram: (K,) counts, or (indices, counts) of its non-zero entries for large K
+        self._recent: deque[torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = deque()
         self._window_counts: torch.Tensor | None = None
         self.cumulative = torch.zeros(codebook_size, dtype=torch.int64)
         self.num_updates = 0
@@ -75,11 +81,21 @@ class CodebookUsageTracker:
         if self._window_counts is None or self._window_counts.device != hist.device:
             self._window_counts = torch.zeros_like(hist)
             self._recent.clear()
-        # Running window sum: add the newest histogram, subtract the one that falls out.
-        self._recent.append(hist)
+        # Running window sum: add the newest histogram, subtract the one that falls out. Large (implicit lfq / fsq)
+        # codebooks keep each histogram as its non-zero entries: `window` dense copies of K = 8**8 counts would
+        # take 13 GB (the nonzero costs one host sync per update, only there).
         self._window_counts += hist
+        if self.codebook_size > SPARSE_WINDOW_ABOVE:
+            used = hist.nonzero().squeeze(1)
+            self._recent.append((used, hist[used]))
+        else:
+            self._recent.append(hist)
         if len(self._recent) > self.window:
-            self._window_counts -= self._recent.popleft()
+            oldest = self._recent.popleft()
+            if isinstance(oldest, tuple):
+                self._window_counts.index_add_(0, oldest[0], -oldest[1])
+            else:
+                self._window_counts -= oldest
         self.cumulative = self.cumulative.to(hist.device)  # no-op after the first update
         self.cumulative += hist
         self.num_updates += 1

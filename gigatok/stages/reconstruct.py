@@ -50,7 +50,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from gigatok.builders import load_tokenizer
+from gigatok.builders import (
+    FSQ_MODELS,
+    fsq_tokenizer_config,
+    load_tokenizer,
+    parse_fsq_levels,
+)
 from gigatok.config import VQConfig, load_config
 from gigatok.data.images import ImageFolderDataset, find_unreadable, report_unreadable
 from gigatok.data.transforms import to_uint8
@@ -118,7 +123,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="decode every image first and leave out the unreadable ones (listed and counted) "
                              "instead of stopping at the first")
     parser.add_argument("--quant-way", type=str, choices=["vq", "fsq", "lq"], default="vq",
-                        help="quantizer of the tokenizer (official flag; only vq is supported)")
+                        help="vq: the tokenizer of --model-config / --vq-ckpt; fsq: the official FSQ tokenizer of "
+                             "--fsq-model / --fsq-ckpt / --levels (--model-config is then not read); lq: refused")
+    parser.add_argument("--fsq-model", type=str, choices=sorted(FSQ_MODELS), default="FSQ-16",
+                        help="--quant-way fsq: the official FSQ tokenizer (LlamaGen's CNN with an FSQ quantizer)")
+    parser.add_argument("--fsq-ckpt", type=str, default=None, help="--quant-way fsq: its checkpoint (official layout)")
+    parser.add_argument("--levels", type=str, default=None,
+                        help="--quant-way fsq: values per channel, e.g. '8, 8, 8, 6, 5' (the official default)")
     parser.add_argument("--model-config", type=str, required=True, help="tokenizer YAML, e.g. configs/vq/VQ_SS256.yaml")
     parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint (local path or hf://...)")
     parser.add_argument("--clear-cache", action="store_true",
@@ -175,13 +186,18 @@ def make_grid(pairs: list[tuple[int, np.ndarray, np.ndarray]]) -> np.ndarray:
 def check_flags(args: argparse.Namespace, level: int | None = None) -> tuple[VQConfig, Path]:
     """Flag checks shared by both modes (before any expensive work); returns the config and the output folder
     (of `level`, one of --mul-rec-levels, when given)."""
-    if args.quant_way != "vq":
-        raise UserError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
+    if args.quant_way == "lq":
+        raise UserError("--quant-way lq (the official lq/lq_model.py tokenizer) is not implemented here; use "
+                        "--quant-way vq (any tokenizer of --model-config, including quantizer: fsq/lfq/...) or fsq.")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto.")
     if args.image_size <= 0 or args.per_proc_batch_size <= 0 or args.num_workers < 0:
         raise UserError("--image-size and --per-proc-batch-size must be positive, --num-workers non-negative.")
-    config = load_config(args.model_config)
+    if args.quant_way == "fsq":  # the official FSQ tokenizer; --fsq-ckpt is the tokenizer checkpoint from here on
+        args.vq_ckpt = args.fsq_ckpt
+        config = fsq_tokenizer_config(args.fsq_model, parse_fsq_levels(args.levels), args.image_size)
+    else:
+        config = load_config(args.model_config)
     config_size = config.model.init_args.image_size
     if args.image_size != config_size:
         if not args.interpolate_pos_embed:
@@ -196,6 +212,8 @@ def check_flags(args: argparse.Namespace, level: int | None = None) -> tuple[VQC
     folder_name = (f"{config.model.model_cls}-{args.dataset}-size-{args.image_size}-size-{args.image_size_eval}-"
                    f"codebook-size-{init_args.codebook_size}-dim-{init_args.codebook_embed_dim}-"
                    f"seed-{args.global_seed}-{checkpoint_tag(args.vq_ckpt)}")
+    if args.quant_way == "fsq":  # the official folder name of an FSQ run
+        folder_name = f"{args.fsq_model}-{args.dataset}-size-{args.image_size}-size-{args.image_size_eval}"
     out_dir = Path(args.sample_dir) / folder_name
     if level is None:
         return config, out_dir

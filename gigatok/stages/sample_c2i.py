@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from gigatok.config import GPTSampleConfig, VQConfig, load_config
+from gigatok.config import GPTSampleConfig, VQConfig
 from gigatok.config.flags import (
     add_config_flags,
     given_flags,
@@ -75,6 +75,7 @@ from gigatok.engine.sampling import (
     generate_images,
     load_chunks,
     load_models,
+    load_tokenizer_config,
     resolve_image_sizes,
     sampling_dtype,
     save_chunk,
@@ -399,7 +400,7 @@ def body(config: GPTSampleConfig, args: argparse.Namespace, report: list[str] = 
     """The stage; returns the results (with --search: the best CSV row)."""
     # Check settings and files before any expensive work.
     check_sampler_config(config)
-    vq_config = load_config(config.tokenizer.tok_config)
+    vq_config = load_tokenizer_config(config)  # --tok-config, or --quant-way fsq's official FSQ tokenizer
     notes = check_flags(config, args, vq_config)
     image_size, image_size_eval = resolve_image_sizes(config, vq_config)
     check_checkpoint_files(config)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gigatok.config import GPTSampleConfig, load_config
+from gigatok.config import GPTSampleConfig
 from gigatok.config.flags import given_flags, resolve_config, split_overrides
 from gigatok.engine.sampling import (
     add_sampler_args,
@@ -36,6 +36,7 @@ from gigatok.engine.sampling import (
     check_sampler_config,
     generate_images,
     load_models,
+    load_tokenizer_config,
     resolve_image_sizes,
     sampling_dtype,
 )
@@ -130,7 +131,7 @@ def sample(config: GPTSampleConfig, args: argparse.Namespace, report: list[str] 
     # Check settings and files before any expensive work.
     check_sampler_config(config)
     check_flags(args, config.model.num_classes or 1000)
-    vq_config = load_config(config.tokenizer.tok_config)
+    vq_config = load_tokenizer_config(config)  # --tok-config, or --quant-way fsq's official FSQ tokenizer
     image_size, image_size_eval = resolve_image_sizes(config, vq_config)
     check_checkpoint_files(config)
     schedule_kwargs = cfg_schedule_kwargs(config)

@@ -17,6 +17,10 @@ The computation is LlamaGen's; deviations (values agree to float rounding):
   distance, straight-through), whose usage window shifts by whole batches as LlamaGen's does;
 - only GroupNorm (LlamaGen's default `norm_type='group'`; no released file uses 'batch').
 
+With `quantizer: fsq` (levels [...], codebook_embed_dim = len(levels)) these classes are the official GigaTok FSQ
+tokenizers `FSQ-16` / `FSQ-8` (tokenizer/tokenizer_image/fsq/fsq_model.py: the same encoder, decoder and 1x1 convs,
+quantizer keys `quantize.codebook_used` only), which `--quant-way fsq --fsq-model FSQ-16` loads.
+
 Shape letters: B batch; S image side (square images); f downsampling factor 2**(len(ch_mult) - 1); G latent grid
 side S/f; L = G*G codes per image; K codebook size; Dc code dim; Cz z_channels; C channels of a feature map.
 """
@@ -34,8 +38,8 @@ from gigatok.layers.conv import (
     group_norm,
     silu,
 )
-from gigatok.tokenizer.quantizer import QuantizerLosses, VectorQuantizer
-from gigatok.tokenizer.vq_model import TokenizerOutput
+from gigatok.tokenizer.quantizer import QuantizerLosses
+from gigatok.tokenizer.vq_model import TokenizerOutput, build_tokenizer_quantizer
 
 
 class AttnBlock(nn.Module):
@@ -189,18 +193,14 @@ class LlamaGenVQModel(nn.Module):
         self.causal_type = None
         self.image_size = args.image_size
         self.grid_size = args.image_size // 2**levels
-        self.codebook_size = args.codebook_size
         channels_last = args.cnn_channels_last is not False
         self.encoder = LlamaGenEncoder(args.cnn_ch, tuple(args.encoder_ch_mult), args.num_res_blocks,
                                        args.z_channels, args.dropout_p, channels_last)
         self.decoder = LlamaGenDecoder(args.cnn_ch, tuple(args.decoder_ch_mult), args.num_res_blocks,
                                        args.z_channels, args.dropout_p, channels_last)
-        self.quantize = VectorQuantizer(
-            args.codebook_size, args.codebook_embed_dim, beta=args.commit_loss_beta,
-            entropy_loss_ratio=args.entropy_loss_ratio, entropy_temperature=args.entropy_temperature,
-            l2_norm=args.codebook_l2_norm, show_usage=args.codebook_show_usage, rot=args.rot,
-            entropy_all_ranks=args.entropy_all_ranks,
-        )
+        # `model.init_args.quantizer` (LlamaGen: vq); with fsq this is the official FSQ tokenizer (fsq/fsq_model.py)
+        self.quantize = build_tokenizer_quantizer(args)
+        self.codebook_size: int = self.quantize.codebook_size  # K (implicit for lfq / fsq)
         self.quant_conv = nn.Conv2d(args.z_channels, args.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(args.codebook_embed_dim, args.z_channels, 1)
 

@@ -27,14 +27,32 @@ from gigatok.tokenizer.qformer import (
     ViTDecoder2D,
     ViTEncoder2D,
 )
-from gigatok.tokenizer.quantizer import QuantizerLosses, VectorQuantizer
+from gigatok.tokenizer.quantizer import QuantizerLosses
+from gigatok.tokenizer.quantizer_zoo import build_quantizer
 
 # Official options that no released config switches on; they load from YAML but are not built.
 _UNSUPPORTED = (
     "use_rope", "rope_1d", "rope_2d", "res_up_down_sample", "downsample_match_channel", "upsample_match_channel",
     "res_codebook_updown_sample", "downsample_improve", "stochastic", "encoder_2d_distill", "with_prior_model",
-    "use_lfq", "simvq", "last_level_2d_query_init", "multi_level_2d_query_init", "use_attn",
+    "last_level_2d_query_init", "multi_level_2d_query_init", "use_attn",
 )
+
+
+def build_tokenizer_quantizer(args: VQModelArgs) -> nn.Module:
+    """The `quantize` module of a tokenizer: `args.resolved_quantizer()` with its parameters taken from the
+    config fields (see `VQModelArgs`); `vq` is built exactly as before (same parameters, same RNG draws)."""
+    name = args.resolved_quantizer()
+    params: dict[str, object] = {"codebook_size": args.codebook_size, "code_dim": args.codebook_embed_dim,
+                                 "show_usage": args.codebook_show_usage}
+    if name == "fsq":
+        return build_quantizer(name, levels=list(args.levels or ()), **params)
+    params.update(beta=args.commit_loss_beta, entropy_loss_ratio=args.entropy_loss_ratio,
+                  entropy_temperature=args.entropy_temperature, entropy_all_ranks=args.entropy_all_ranks)
+    if name in ("vq", "simvq"):
+        params.update(l2_norm=args.codebook_l2_norm, rot=args.rot)
+    if name == "simvq":
+        params.update(codebook_transform=args.codebook_transform or "linear", freeze_codebook=args.freeze_codebook)
+    return build_quantizer(name, **params)
 
 
 @dataclass
@@ -101,7 +119,6 @@ class _HybridTokenizer(nn.Module):
         self.causal_type = causal_type  # model.causal_settings.causal_type: how the 1D encoder's queries attend
         self.image_size = args.image_size
         self.grid_size = args.image_size // 2**levels
-        self.codebook_size = args.codebook_size
         self.encoder = Encoder(args.cnn_ch, tuple(args.encoder_ch_mult), args.num_res_blocks, args.z_channels,
                                args.dropout_p, channels_last=args.cnn_channels_last is not False)
         self._build_token_transformers(args)
@@ -109,11 +126,8 @@ class _HybridTokenizer(nn.Module):
                                args.dropout_p, adaptive_gn=args.adaptive_gn, d2s_up=args.d2s_up,
                                channels_last=args.cnn_channels_last is not False)
         self.apply(_init_weights)  # before the quantizer and the 1x1 convs, which keep their own init (official)
-        self.quantize = VectorQuantizer(
-            args.codebook_size, args.codebook_embed_dim, args.commit_loss_beta, args.entropy_loss_ratio,
-            args.entropy_temperature, args.codebook_l2_norm, args.codebook_show_usage, args.rot,
-            args.entropy_all_ranks,
-        )
+        self.quantize = build_tokenizer_quantizer(args)  # `model.init_args.quantizer`: vq | simvq | ibq | lfq | fsq
+        self.codebook_size: int = self.quantize.codebook_size  # K, the GPT vocabulary (implicit for lfq / fsq)
         self.quant_conv = nn.Conv2d(args.z_channels, args.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(args.codebook_embed_dim, args.z_channels, 1)
 

@@ -121,7 +121,7 @@ def test_flag_errors(checkpoint, data_dir, tmp_path, capsys):
     # official VIRTUAL_imagenet256_labeled.npz, not here)
     err = _run_expecting_exit_2([a for a in argv if a != "--qualitative"], capsys)
     assert "rFID reference not found" in err and "scripts/val.sh" in err
-    assert "--quant-way fsq is not supported" in _run_expecting_exit_2(argv + ["--quant-way", "fsq"], capsys)
+    assert "--quant-way lq" in _run_expecting_exit_2(argv + ["--quant-way", "lq"], capsys)  # fsq: test_fsq_official
     err = _run_expecting_exit_2(argv + ["--image-size", "64"], capsys)
     assert "--interpolate-pos-embed" in err
     assert "config file not found" in _run_expecting_exit_2(argv + ["--model-config", "nope.yaml"], capsys)

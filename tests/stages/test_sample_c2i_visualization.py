@@ -137,7 +137,7 @@ def test_user_errors_exit_2_with_a_message(checkpoints, tmp_path, capsys):
     err = _run_expecting_exit_2(_argv(out, tmp_path / "missing_vq.pt", gpt), capsys)
     assert "missing_vq.pt" in err
     assert "t2i is not supported" in _run_expecting_exit_2(_argv(out, vq, gpt, "--gpt-type", "t2i"), capsys)
-    assert "fsq is not supported" in _run_expecting_exit_2(_argv(out, vq, gpt, "--quant-way", "fsq"), capsys)
+    assert "drop --vq-ckpt" in _run_expecting_exit_2(_argv(out, vq, gpt, "--quant-way", "fsq"), capsys)
     assert "not supported" in _run_expecting_exit_2(_argv(out, vq, gpt, "--adaLN"), capsys)
     assert "outside [0, --num-classes=10)" in _run_expecting_exit_2(_argv(out, vq, gpt, "--class-idx", "3,12"),
                                                                       capsys)
