@@ -268,31 +268,38 @@ def test_a_divergence_stops_with_one_line_naming_where_to_go_back_to(photos, tmp
 
 
 # -- exact resume after SIGKILL --------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_resume_after_sigkill_is_exact(photos, tmp_path):
-    args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--iterations",
-            "6", "--global-batch-size", "4", "--log-every", "1", "--ckpt-every", "2", "--disc-start", "3",
-            "--aux-loss-end", "2", "--ema", "--trainer.deterministic=true", *TEST_FLAGS]
+def run_killed_then_resumed(args: list[str], tmp_path: Path, kill_at: int, steps: int) -> tuple[Path, int]:
+    """Run A: `args` to the end (sub-exp A). Run B: the same command, SIGKILLed once its checkpoint `kill_at`
+    appears, then run again to the end (logs a.log, b1.log, b2.log in tmp_path). Returns run B's folder and the step
+    its rerun resumed from."""
     env = subprocess_env()
     with open(tmp_path / "a.log", "w") as log:
         assert subprocess.run(cli(*args, "--sub-exp-dir", "A"), env=env, cwd=REPO, stdout=log,
                               stderr=subprocess.STDOUT, timeout=300).returncode == 0, (tmp_path / "a.log").read_text()
-
-    # Run B: killed right after its first checkpoint appears, then the same command again.
     run_b = tmp_path / "B"
     with open(tmp_path / "b1.log", "w") as log:
         proc = subprocess.Popen(cli(*args, "--sub-exp-dir", "B"), env=env, cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        while not (run_b / "checkpoints" / "0000002.pt").exists() and proc.poll() is None and time.time() < deadline:
+        while (not (run_b / "checkpoints" / f"{kill_at:07d}.pt").exists() and proc.poll() is None
+               and time.time() < deadline):
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     resumed_from = max(checkpoint_steps(run_b))
-    assert resumed_from < 6, "the killed run finished before the kill; nothing was resumed"
+    assert resumed_from < steps, "the killed run finished before the kill; nothing was resumed"
     with open(tmp_path / "b2.log", "w") as log:
         assert subprocess.run(cli(*args, "--sub-exp-dir", "B"), env=env, cwd=REPO, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=300).returncode == 0
+                              stderr=subprocess.STDOUT, timeout=300).returncode == 0, (tmp_path / "b2.log").read_text()
+    return run_b, resumed_from
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(photos, tmp_path):
+    args = ["--model-config", str(CONFIG), "--data-path", str(photos), "--save-path", str(tmp_path), "--iterations",
+            "6", "--global-batch-size", "4", "--log-every", "1", "--ckpt-every", "2", "--disc-start", "3",
+            "--aux-loss-end", "2", "--ema", "--trainer.deterministic=true", *TEST_FLAGS]
+    run_b, resumed_from = run_killed_then_resumed(args, tmp_path, kill_at=2, steps=6)
     assert f"at step {resumed_from}" in (tmp_path / "b2.log").read_text()
 
     metrics_a, metrics_b = read_metrics(tmp_path / "A"), read_metrics(run_b)

@@ -10,9 +10,6 @@ is tests/tokenizer/test_quantizers.py.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -161,34 +158,12 @@ def test_each_quantizer_trains_in_the_other_tokenizer(quantizer, digits, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("quantizer, dim", [("lfq", "1d"), ("fsq", "2d")])
 def test_resume_after_sigkill_is_exact(quantizer, dim, digits, tmp_path):
-    from stages.test_train_vq import (
-        assert_same_metrics,
-        checkpoint_steps,
-        cli,
-        subprocess_env,
-    )
+    from stages.test_train_vq import assert_same_metrics, run_killed_then_resumed
 
     args = ["--model-config", str(CONFIGS[dim]), "--data-path", str(digits), "--save-path", str(tmp_path),
             *TRAIN_FLAGS, *QUANTIZER_OVERRIDES[quantizer], "--iterations", "4", "--ckpt-every", "2",
             "--trainer.deterministic=true"]
-    env = subprocess_env()
-    with open(tmp_path / "a.log", "w") as log:
-        assert subprocess.run(cli(*args, "--sub-exp-dir", "A"), env=env, cwd=REPO, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=300).returncode == 0, (tmp_path / "a.log").read_text()
-    run_b = tmp_path / "B"
-    with open(tmp_path / "b1.log", "w") as log:
-        proc = subprocess.Popen(cli(*args, "--sub-exp-dir", "B"), env=env, cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while not (run_b / "checkpoints" / "0000002.pt").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    resumed_from = max(checkpoint_steps(run_b))
-    assert resumed_from < 4, "the killed run finished before the kill; nothing was resumed"
-    with open(tmp_path / "b2.log", "w") as log:
-        assert subprocess.run(cli(*args, "--sub-exp-dir", "B"), env=env, cwd=REPO, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=300).returncode == 0
+    run_b, _ = run_killed_then_resumed(args, tmp_path, kill_at=2, steps=4)
     metrics_a, metrics_b = _metrics(tmp_path / "A"), _metrics(run_b)
     assert sorted(metrics_a) == sorted(metrics_b) == [1, 2, 3, 4]
     for step in range(1, 5):
