@@ -502,7 +502,15 @@ def main(argv: list[str] | None = None) -> int:
 
     sjd_demo.add_arguments(sub.add_parser("sjd", help="speculative Jacobi vs plain decoding on the CPU demo's GPT",
                                           description=sjd_demo.__doc__.split("\n\n")[0]))
+    from gigatok.bench import zoo
+
+    zoo.add_arguments(sub.add_parser("zoo", help="the quantizer zoo: one tokenizer + GPT probe per quantizer",
+                                     description=zoo.__doc__.split("\n\n")[0]))
     args = parser.parse_args(argv)
+    if args.bench == "zoo":
+        from gigatok.infra.cli import run_stage
+
+        return run_stage(lambda: zoo.main(args, list(argv)))  # a user error (bad --quantizers): exit 2
     if args.bench == "sjd":
         from gigatok.infra.cli import run_stage
 
