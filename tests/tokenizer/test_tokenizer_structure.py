@@ -56,6 +56,6 @@ def test_distill_width_follows_the_teacher() -> None:
 
 
 def test_unsupported_official_option_is_a_clear_error() -> None:
-    config = load_config(ROOT / "configs" / "vq" / "VQ_SS256.yaml", ["model.init_args.use_lfq=true"])
-    with pytest.raises(ValueError, match="use_lfq"):
+    config = load_config(ROOT / "configs" / "vq" / "VQ_SS256.yaml", ["model.init_args.use_rope=true"])
+    with pytest.raises(ValueError, match="use_rope"):
         build_tokenizer(config, device="meta")
