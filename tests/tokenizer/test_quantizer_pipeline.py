@@ -62,14 +62,9 @@ def _train(dim: str, quantizer: str, data: Path, save: Path, name: str, *extra: 
 
 
 def _metrics(run: Path) -> dict[int, dict]:
-    records = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by SIGKILL
-            continue
-        records[record["step"]] = record
-    return records
+    from stages.test_train_vq import read_metrics
+
+    return read_metrics(run)
 
 
 def test_config_names_match_the_registry_and_bad_settings_fail_in_one_line():
