@@ -116,6 +116,10 @@ class VQModelArgs:
     last_level_2d_query_init: bool = False
     multi_level_2d_query_init: bool = False
     learnable_2d_query_init: bool = False
+    # ours: "distinct" makes the latent tokens differ from the first step at any width: the 1D encoder's
+    # `global_proj` starts with std width**-0.5 (gain 1) instead of 0.02, and `quant_conv`'s bias at zero (see
+    # gigatok.tokenizer.vq_model.distinct_token_init and the demo config's notes). Weights only: same keys.
+    token_init: str = field(default="official", metadata=choice("official", "distinct"))
     # CNN decoder tricks
     adaptive_gn: bool = False
     d2s_up: bool = False

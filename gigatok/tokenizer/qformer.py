@@ -49,6 +49,53 @@ def multi_level_queries(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return torch.cat(groups, dim=1)
 
 
+def _level_grid(level: int) -> tuple[int, int]:
+    """(h_blocks, w_blocks) of a group of 2**level tokens laid out in 2D, the width split first ("row" growth)."""
+    return 2 ** (level // 2), 2 ** ((level + 1) // 2)
+
+
+def _dilate(tokens: torch.Tensor, level: int, grid_size: int) -> torch.Tensor:
+    """2**level tokens (B, 2**level, D) -> (B, D, G, G): laid out on their (h, w) blocks in raster order, each
+    repeated over its block (nearest-neighbour upsampling)."""
+    h, w = _level_grid(level)
+    blocks = rearrange(tokens, "b (h w) d -> b d h w", h=h, w=w)
+    return F.interpolate(blocks, size=(grid_size, grid_size), mode="nearest")
+
+
+def last_level_2d_queries(x: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Decoder queries from the finest group of 1D tokens (official `last_level_2d_query_init`).
+
+    The last 2**(n-1) of T = 2**n tokens (the mean of the two global tokens when T = 2) cover the grid as in
+    `multi_level_queries`, so each 2D query starts from the token that pooled its region.
+
+    Args:
+        x: (B, T, D) embedded latent tokens.
+    Returns:
+        (B, G*G, D).
+    """
+    n_level = round(math.log2(x.shape[1]))
+    if 2**n_level != x.shape[1] or n_level < 1:
+        raise ValueError(f"last-level 2D query init needs a power-of-two number of tokens >= 2, got {x.shape[1]}")
+    last = x[:, :2].mean(dim=1, keepdim=True) if n_level == 1 else x[:, -(2 ** (n_level - 1)):]
+    return rearrange(_dilate(last, n_level - 1 if n_level > 1 else 0, grid_size), "b d gh gw -> b (gh gw) d")
+
+
+def multi_level_2d_queries(x: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Decoder queries averaged over levels (official `multi_level_2d_query_init`), (B, T, D) -> (B, G*G, D).
+
+    Level 0 is the mean of the first two tokens; level l >= 1 lays out tokens [0, 2**l) on its 2**l blocks, as the
+    official code does (its slice start is reset to 0 each level, so level l re-reads the first tokens rather than
+    group l's). The n levels are summed and divided by n.
+    """
+    n_level = round(math.log2(x.shape[1]))
+    if 2**n_level != x.shape[1] or n_level < 1:
+        raise ValueError(f"multi-level 2D query init needs a power-of-two number of tokens >= 2, got {x.shape[1]}")
+    total = _dilate(x[:, :2].mean(dim=1, keepdim=True), 0, grid_size)
+    for level in range(1, n_level):
+        total = total + _dilate(x[:, : 2**level], level, grid_size)
+    return rearrange(total / n_level, "b d gh gw -> b (gh gw) d")
+
+
 def causal_query_mask(num_tokens: int, causal_type: str, device: torch.device | None = None) -> torch.Tensor:
     """Self-attention mask of the 1D encoder's queries, (T, T) bool with True = masked (official `get_attn_mask`).
 
@@ -148,7 +195,8 @@ class QFormerDecoder(nn.Module):
     Args:
         distill_depth: 1-indexed layer whose output feeds `distill_mlp` (None: no MLP).
         out_inner_dim: Dt, the teacher's feature width.
-        query_init: "first_token" (released configs) or "learnable" (`q_2d`).
+        query_init: how the G*G queries start: "first_token" (copies of the first latent token; released configs),
+            "learnable" (`q_2d`), "last_level" (`last_level_2d_queries`) or "multi_level" (`multi_level_2d_queries`).
     """
 
     def __init__(self, grid_size: int, width: int, num_layers: int, num_heads: int, num_latent_tokens: int,
@@ -181,6 +229,10 @@ class QFormerDecoder(nn.Module):
         n = self.grid_size**2
         if self.query_init == "learnable":
             queries = _tokens(self.q_2d).expand(b, -1, -1).to(x.dtype)
+        elif self.query_init == "last_level":
+            queries = last_level_2d_queries(x, self.grid_size)
+        elif self.query_init == "multi_level":
+            queries = multi_level_2d_queries(x, self.grid_size)
         else:
             queries = x[:, :1].expand(-1, n, -1)  # (B, 1, D) -> (B, G*G, D)
         query_pos = _tokens(self.positional_embedding).to(x.dtype)  # (1, G*G, D)
