@@ -3,7 +3,7 @@
 One tokenizer per quantizer (`model.init_args.quantizer`: vq | simvq | ibq | lfq | fsq), each with the same backbone,
 data, steps and seed, each with an implicit codebook of the same size (`QUANTIZERS` says how), then the same small
 GPT on each tokenizer's codes: the AR-probing idea of the paper at demo scale. By default the CPU demo's digits
-(`gigatok.data.demo_data`), the demo's tokenizer config (`configs/vq/VQ_demo.yaml`: 2D, 16 codes of K = 256) and the
+(`gigatok.data.demo_data`), the demo's tokenizer config (`configs/vq/VQ_demo_2d.yaml`: 2D, 16 codes of K = 256) and the
 demo's budget (1200 tokenizer steps at batch 32); any ImageFolder pair (`--data-path`, `--heldout-path`) and config
 on a GPU. Every step runs the entry point users run, as `python -m <module>`, through
 `gigatok.infra.stage_runner` (as the demo does), per quantizer:
@@ -51,7 +51,7 @@ from gigatok.infra.stage_runner import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = "configs/vq/VQ_demo.yaml"
+DEFAULT_CONFIG = "configs/vq/VQ_demo_2d.yaml"
 RECORD_VERSION = 1
 USAGE_TARGET = 0.80  # issue #17's acceptance: every quantizer at least 80% usage on the demo data and budget
 GPT_MODEL, GPT_END_LR = "debug", 1e-4

@@ -29,8 +29,8 @@ class Paths:
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.data, self.runs, self.reference, self.recon, self.codes, self.samples, self.classifier = (
-            out / name for name in ("data", "runs", "reference", "recon", "codes", "samples", "classifier"))
+        self.data, self.runs, self.reference, self.recon, self.codes, self.samples, self.classifier, self.curves = (
+            out / name for name in ("data", "runs", "reference", "recon", "codes", "samples", "classifier", "curves"))
 
     def checkpoint(self, run: str, steps: int) -> Path:
         return self.runs / run / "checkpoints" / f"{steps:07d}.pt"
@@ -43,6 +43,8 @@ class Plan:
     args: argparse.Namespace
     paths: Paths
     use_fid: bool
+    config: str  # the tokenizer config (YAML path) of --tokenizer
+    gpt_flags: tuple[str, ...]  # the GPT position flags that match its codes (--gpt-2d for the 2D tokenizer)
 
     @property
     def use_rfid(self) -> bool:
@@ -63,6 +65,11 @@ class Plan:
     @property
     def vq_ckpt(self) -> str:
         return str(self.paths.checkpoint("tokenizer", self.args.vq_steps))
+
+    @property
+    def curve(self) -> Path:
+        """This tokenizer kind's held-out PSNR curve (one file per kind, so the other kind's survives)."""
+        return self.paths.curves / f"tokenizer_{self.args.tokenizer}.json"
 
     @property
     def ref_npz(self) -> Path:

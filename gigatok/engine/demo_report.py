@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gigatok.engine.demo_curve import plot_psnr_curves
 from gigatok.engine.demo_plan import Paths, Plan, sample_batch
 from gigatok.infra import report as rep
 from gigatok.infra.io import save_png_atomic, write_text_atomic
@@ -29,7 +30,9 @@ class ReportSetup:
         targets: metric name -> the value it should reach (at least).
         image_size: pixels of the digits.
         tokenizer_config: the tokenizer config, relative to the repository root (as the report prints it).
+        tokenizer_cls: its model class (VQVitModelPlus: 1D tokens; VQVitModel2DPlus: 2D).
         gpt_model: the GPT size name.
+        gpt_kind: what the report calls the GPT variant (its position encoding).
         gpt_end_lr: the GPT's learning rate at the end of its cosine decay.
     """
 
@@ -37,16 +40,18 @@ class ReportSetup:
     targets: Mapping[str, float]
     image_size: int
     tokenizer_config: Path
+    tokenizer_cls: str
     gpt_model: str
+    gpt_kind: str
     gpt_end_lr: float
 
 
 LIMITS = {
-    "heldout_psnr_db": "tokenizer training length (--vq-steps; the loss curve is still falling: 1000 steps gave "
-                       "24.4 dB, 1200 steps 24.6-25.2 dB, 1400 steps 25.0 dB; configs/vq/VQ_demo.yaml lists the runs "
-                       "behind its choices)",
-    "codebook_usage": "few held-out tokens per code (held-out images x 16 tokens over 256 codes); the entropy loss "
-                      "weight of VQ_demo.yaml",
+    "heldout_psnr_db": "tokenizer training length (--vq-steps; the loss curve is still falling; see the PSNR-against-"
+                       "step figure) and, for the 1D tokenizer, its number of latent tokens; configs/vq/VQ_demo.yaml "
+                       "(1D) and VQ_demo_2d.yaml (2D) list the runs behind their choices",
+    "codebook_usage": "few held-out tokens per code (held-out images x tokens per image over 256 codes); the entropy "
+                      "loss weight of the tokenizer config",
     "class_agreement": "the debug GPT (2 layers, width 64) and its training length (--gpt-steps); sampling "
                        "(--cfg-scale, --temperature)",
     "classifier_heldout_accuracy": "classifier training length (--classifier-epochs)",
@@ -148,7 +153,15 @@ def make_figures(plan: Plan, figures: Path, num_classes: int) -> dict[str, Path]
     ], log_y=[True, False])
     made["curves_gpt"] = rep.plot_curves(figures / "curves_gpt.png", [
         ("GPT: training loss", "cross-entropy (nats/token)", {"train/loss": rep.series(gpt, "train/loss")})])
+    made["psnr_vs_step"] = plot_psnr_curves(figures / "psnr_vs_step.png", list(read_psnr_curves(paths).values()))
     return made
+
+
+def read_psnr_curves(paths: Paths) -> dict[str, dict[str, Any]]:
+    """Tokenizer kind -> its held-out PSNR curve (`gigatok.engine.demo_curve`): this run's kind and any other that
+    ran with the same --out."""
+    curves = {f.stem.removeprefix("tokenizer_"): read_json(f) for f in sorted(paths.curves.glob("tokenizer_*.json"))}
+    return {kind: curve for kind, curve in curves.items() if curve}
 
 
 def write_report(plan: Plan, setup: ReportSetup, stages: list[Stage], records: dict[str, dict[str, Any]],
@@ -156,6 +169,7 @@ def write_report(plan: Plan, setup: ReportSetup, stages: list[Stage], records: d
     """metrics.json, the figures and report.md (all links relative to --out)."""
     args, paths = plan.args, plan.paths
     metrics = compute_metrics(paths, plan.use_fid, plan.use_rfid, fid_note, setup)
+    metrics["psnr_curves"] = read_psnr_curves(paths)
     stage_rows = [{"name": s.name, "entry": s.command[0] if s.command else "in-process",
                    "status": "reused" if records[s.name].get("reused") else "ran", "wall_s": records[s.name]["wall_s"],
                    "cpu_s": records[s.name]["cpu_s"], "log": f"logs/{s.name}.log" if s.command else None}
@@ -173,17 +187,18 @@ def write_report(plan: Plan, setup: ReportSetup, stages: list[Stage], records: d
         "data": f"scikit-learn digits at {setup.image_size} px, colourised (gigatok/data/demo_data.py), "
                 f"{read_json(paths.data / 'data.json')['num_train']} training / {metrics['num_heldout']} evaluated "
                 "held-out images; photos reconstructed at 32 px",
-        "tokenizer": f"`{setup.tokenizer_config}` (resolved: [config.yaml]"
-                     f"(runs/tokenizer/config.yaml)), {args.vq_steps} steps at batch {args.vq_batch_size}",
-        "GPT": f"`{setup.gpt_model}` with 2D RoPE ([config.yaml](runs/gpt/config.yaml)), {args.gpt_steps} steps at "
-               f"batch {args.gpt_batch_size}, lr {args.gpt_lr:g} with cosine decay to {setup.gpt_end_lr:g}",
+        "tokenizer": f"`{setup.tokenizer_cls}` (--tokenizer {args.tokenizer}), `{setup.tokenizer_config}` (resolved: "
+                     f"[config.yaml](runs/tokenizer/config.yaml)), {args.vq_steps} steps at batch {args.vq_batch_size}",
+        "GPT": f"`{setup.gpt_model}`, {setup.gpt_kind} ([config.yaml](runs/gpt/config.yaml)), {args.gpt_steps} steps "
+               f"at batch {args.gpt_batch_size}, lr {args.gpt_lr:g} with cosine decay to {setup.gpt_end_lr:g}",
         "sampling": f"cfg scale {args.cfg_scale}, temperature {args.temperature}, {args.num_samples} samples",
         "classifier": f"{args.classifier_epochs} epoch(s) on the training digits (horizontal flips included: the GPT "
                       "learns from the codes of every digit and of its mirror image, as officially)",
         "command": "`python -m gigatok.stages.demo " + " ".join(a for a in sys.argv[1:]) + "`",
     }
+    pair = f"the {setup.tokenizer_cls} tokenizer (--tokenizer {args.tokenizer}) and the {setup.gpt_kind}"
     text = render_demo_report(metrics, stage_rows, settings, {**figures, **grids, "metrics": "metrics.json"},
-                              wall_s, LIMITS)
+                              wall_s, LIMITS, pair)
     return write_text_atomic(paths.out / "report.md", text)
 
 
@@ -197,7 +212,7 @@ def _value(value: Any, digits: int = 4) -> str:
 
 def render_demo_report(metrics: Mapping[str, Any], stages: Sequence[Mapping[str, Any]],
                        settings: Mapping[str, Any], links: Mapping[str, str], wall_s: float,
-                       limits: Mapping[str, str]) -> str:
+                       limits: Mapping[str, str], pair: str = "a GigaTok tokenizer and a class-conditional GPT") -> str:
     """The CPU demo's `report.md`.
 
     Args:
@@ -205,10 +220,12 @@ def render_demo_report(metrics: Mapping[str, Any], stages: Sequence[Mapping[str,
         stages: one dict per stage: name, entry (module or "in-process"), status ("ran"/"reused"), wall_s, cpu_s,
             log (relative link, or None).
         settings: name -> value lines of the configuration section (values may hold Markdown).
-        links: relative links of the figures (recon_heldout, recon_photos, samples, curves_tokenizer, curves_gpt),
+        links: relative links of the figures (recon_heldout, recon_photos, samples, curves_tokenizer, curves_gpt,
+            psnr_vs_step),
             of the sampler's grids (class_grid_0 .. class_grid_9) and of metrics.json (metrics).
         wall_s: wall time of this invocation.
         limits: metric name -> what limits it, printed for the targets that were missed.
+        pair: the tokenizer and GPT that ran, in words.
     """
     targets = metrics["targets"]
     result_rows = [(name, _value(t["value"]), f">= {t['target']}", "yes" if t["met"] else "**NO**")
@@ -223,9 +240,9 @@ def render_demo_report(metrics: Mapping[str, Any], stages: Sequence[Mapping[str,
     lines = [
         "# GigaTok CPU demo",
         "",
-        ("Every pipeline stage below ran through the entry point users run, with the flags listed in its log: a 2D "
-         "GigaTok tokenizer trained on colourised scikit-learn digits, codes, a class-conditional GPT, samples, and "
-         "their evaluation. Numbers come from this run; nothing is pretrained."),
+        (f"Pair: {pair}. Every pipeline stage below ran through the entry point users run, with the flags listed in "
+         "its log: the tokenizer trained on colourised scikit-learn digits, codes, the class-conditional GPT, "
+         "samples, and their evaluation. Numbers come from this run; nothing is pretrained."),
         "",
         "## Results",
         "",
@@ -264,6 +281,16 @@ def render_demo_report(metrics: Mapping[str, Any], stages: Sequence[Mapping[str,
         "Training curves:",
         "",
         f"![tokenizer curves]({links['curves_tokenizer']})",
+        "",
+        ("Held-out PSNR against tokenizer training step, for each tokenizer kind run with this --out (run the demo "
+         "with `--tokenizer 2d`, or `1d`, to add the other; the paper's headline is that 1D tokenizers scale better "
+         "than 2D ones):"),
+        "",
+        f"![held-out PSNR against step]({links['psnr_vs_step']})",
+        "",
+        "Last checkpoint: " + "; ".join(
+            f"{kind} ({c['model_cls']}, {c['num_tokens']} tokens, {c['points'][-1]['step']} steps) "
+            f"{c['points'][-1]['psnr_db']:.2f} dB" for kind, c in metrics.get("psnr_curves", {}).items()) + ".",
         "",
         f"![GPT curves]({links['curves_gpt']})",
         "",

@@ -21,7 +21,7 @@ TINY = ["--quantizers", "vq,fsq", "--vq-steps", "3", "--vq-batch-size", "8", "--
 
 @pytest.mark.parametrize("codebook_size", [256, 1024])
 def test_every_quantizer_gets_an_implicit_codebook_of_the_same_size(codebook_size):
-    config = REPO / "configs" / "vq" / "VQ_demo.yaml"
+    config = REPO / "configs" / "vq" / "VQ_demo_2d.yaml"
     for name in zoo.QUANTIZERS:
         overrides, _ = zoo.quantizer_overrides(name, codebook_size)
         # load_config refuses lfq / fsq settings whose implicit codebook is not codebook_size
