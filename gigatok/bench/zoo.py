@@ -3,8 +3,8 @@
 One tokenizer per quantizer (`model.init_args.quantizer`: vq | simvq | ibq | lfq | fsq), each with the same backbone,
 data, steps and seed, each with an implicit codebook of the same size (`QUANTIZERS` says how), then the same small
 GPT on each tokenizer's codes: the AR-probing idea of the paper at demo scale. By default the CPU demo's digits
-(`gigatok.data.demo_data`), the demo's tokenizer config (`configs/vq/VQ_demo_2d.yaml`: 2D, 16 codes of K = 256) and the
-demo's budget (1200 tokenizer steps at batch 32); any ImageFolder pair (`--data-path`, `--heldout-path`) and config
+(`gigatok.data.demo_data`), the demo's 2D tokenizer config (`configs/vq/VQ_demo_2d.yaml`: 16 codes of K = 256) and
+the demo's budget (1200 tokenizer steps at batch 32); any ImageFolder pair (`--data-path`, `--heldout-path`) and config
 on a GPU. Every step runs the entry point users run, as `python -m <module>`, through
 `gigatok.infra.stage_runner` (as the demo does), per quantizer:
 
