@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
 
 import pytest
@@ -74,12 +75,15 @@ def test_every_yaml_loads_into_the_typed_schema(path):
     assert args.model_size is None
     if config.model.model_cls.startswith("VQVit"):
         assert args.encoder_size in TRANSFORMER_SIZES and args.decoder_size in TRANSFORMER_SIZES
-    # The CNN grid must be whole and, for 1D files, hold at least as many cells as latent tokens.
+    # The CNN grid must be whole and, for 1D files with multi-level queries, split into the finest group's blocks
+    # (2**(n-1) of T = 2**n tokens; the demo's 32 tokens on a 4x4 grid: 4x4 blocks, one token per cell).
     factor = 2 ** (len(args.encoder_ch_mult) - 1)
     assert args.image_size % factor == 0
     assert config.loss.params.image_size == args.image_size
-    if config.model.model_cls == "VQVitModelPlus":
-        assert args.num_latent_tokens <= (args.image_size // factor) ** 2
+    if config.model.model_cls == "VQVitModelPlus" and args.multi_level_query_init:
+        grid, level = args.image_size // factor, round(math.log2(args.num_latent_tokens)) - 1
+        assert 2 ** (level + 1) == args.num_latent_tokens
+        assert grid % 2 ** (level // 2) == 0 and grid % 2 ** ((level + 1) // 2) == 0
 
 
 @pytest.mark.parametrize("name", OFFICIAL)
