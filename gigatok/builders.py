@@ -26,6 +26,7 @@ from gigatok.config import (
     ConfigError,
     GPTModelConfig,
     GPTTrainConfig,
+    TokenizerRef,
     VQConfig,
     config_from_dict,
     load_config,
@@ -248,6 +249,26 @@ def fsq_tokenizer_config(fsq_model: str, levels: list[int], image_size: int) -> 
                  "model_size": None, "num_latent_tokens": (image_size // 2 ** (len(ch_mult) - 1)) ** 2}
     return config_from_dict({"model": {"model_cls": model_cls, "init_args": init_args}},
                             source=f"--fsq-model {fsq_model} --levels {list(levels)}")
+
+
+def resolve_tokenizer_ref(tok: TokenizerRef) -> tuple[VQConfig | None, str | None, str]:
+    """(config, checkpoint, name) of the tokenizer a GPT stage's `tokenizer:` section names: with --quant-way vq the
+    YAML of --tok-config (None when not given) and --vq-ckpt; with fsq the official FSQ tokenizer of --fsq-model
+    (default FSQ-16) with --levels / --codebook-size-fsq at --image-size (default 256) and --fsq-ckpt (--tok-config,
+    which the official scripts pass along, is not read). `name` is for messages and records.
+
+    Raises:
+        UserError: unreadable FSQ flags.
+    """
+    if tok.quant_way != "fsq":
+        return (load_config(tok.tok_config) if tok.tok_config else None), tok.vq_ckpt, str(tok.tok_config)
+    fsq_model = tok.fsq_model or "FSQ-16"
+    try:
+        levels = parse_fsq_levels(tok.levels, tok.codebook_size_fsq)
+        config = fsq_tokenizer_config(fsq_model, levels, tok.image_size or 256)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    return config, tok.fsq_ckpt, f"{fsq_model} levels {levels}"
 
 
 def load_frozen_encoder(checkpoint: str | os.PathLike | None, config: VQConfig | str | os.PathLike,

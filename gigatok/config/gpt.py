@@ -76,7 +76,7 @@ class TokenizerRef:
     """Tokenizer YAML, e.g. configs/vq/VQ_XLXXL256.yaml, matching --vq-ckpt."""
     quant_way: str = field(default="vq", metadata=choice("vq", "fsq"))
     """vq: the tokenizer of --tok-config / --vq-ckpt; fsq: the official FSQ tokenizer of --fsq-model / --fsq-ckpt /
-    --levels (sampling only)."""
+    --levels (codes: meta.json sizes the GPT; images and sampling: this tokenizer encodes / decodes)."""
     image_size: Optional[int] = field(default=None, metadata=positive())
     """Image size S; must equal the tokenizer config's (null: that size)."""
     downsample_size: Optional[int] = field(default=None, metadata=positive())

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from gigatok.builders import load_frozen_encoder
-from gigatok.config import GPTTrainConfig, load_config
+from gigatok.builders import load_frozen_encoder, resolve_tokenizer_ref
+from gigatok.config import GPTTrainConfig, TokenizerRef, VQConfig
 from gigatok.data.codes import CodeDataset, CodesError, check_meta
 from gigatok.data.onthefly import GPTImageDataset
 from gigatok.errors import UserError
@@ -36,16 +36,26 @@ from gigatok.infra.runtime import autocast
 logger = logging.getLogger(__name__)
 
 
-def tokens_of_tok_config(path: str) -> tuple[int, int]:
-    """(codebook_size, codes per image) of a tokenizer YAML, without building the model: only to cross-check codes
+def tokens_of_config(config: VQConfig) -> tuple[int, int]:
+    """(codebook_size, codes per image) of a tokenizer config, without building the model: only to cross-check codes
     against the tokenizer the user names, and to size a GPT on official code folders, which record neither (the
     official trainer reads both from --tok-config)."""
-    config = load_config(path)
     args = config.model.init_args
     if config.model.model_cls == "VQVitModelPlus":
         return args.codebook_size, args.num_latent_tokens
     grid = args.image_size // 2 ** (len(args.encoder_ch_mult) - 1)
     return args.codebook_size, grid * grid
+
+
+def named_tokenizer(tok: TokenizerRef, image_size: int | None) -> VQConfig | None:
+    """The tokenizer config the flags name, for cross-checks: --tok-config (vq), or the official FSQ tokenizer when
+    --levels or --codebook-size-fsq say its levels (fsq, at --image-size, else the codes' `image_size`; without
+    those flags the codes alone decide)."""
+    if tok.quant_way == "fsq":
+        if tok.levels is None and tok.codebook_size_fsq is None:
+            return None
+        tok = dataclasses.replace(tok, image_size=tok.image_size or image_size)
+    return resolve_tokenizer_ref(tok)[0]
 
 
 def resolve_sizes(config: GPTTrainConfig, meta: dict[str, Any]) -> tuple[int, int, int]:
@@ -58,8 +68,9 @@ def resolve_sizes(config: GPTTrainConfig, meta: dict[str, Any]) -> tuple[int, in
     model, tok = config.model, config.tokenizer
     block_size = int(meta["num_tokens"])
     vocab_size = meta.get("codebook_size")
-    if tok.tok_config is not None:
-        tok_vocab, tok_tokens = tokens_of_tok_config(tok.tok_config)
+    tok_config = named_tokenizer(tok, meta.get("image_size"))
+    if tok_config is not None:
+        tok_vocab, tok_tokens = tokens_of_config(tok_config)
         check_meta(meta, tok_vocab, tok_tokens)
         vocab_size = vocab_size or tok_vocab
     if model.vocab_size is not None:
@@ -98,17 +109,20 @@ def check_data_config(config: GPTTrainConfig) -> None:
             raise UserError("no codes: pass --code-path (a folder written by `gigatok extract_codes`, or the official "
                             "layout), or train on images with --dataset imagenet --data-path <image folder>.")
         return
-    missing = [flag for flag, value in (("--data-path", data.data_path), ("--tok-config", tok.tok_config),
-                                        ("--vq-ckpt", tok.vq_ckpt)) if not value]
+    checkpoint_flag = "--fsq-ckpt" if tok.quant_way == "fsq" else "--vq-ckpt"
+    vq_config, checkpoint, name = resolve_tokenizer_ref(tok)
+    missing = [flag for flag, value in (("--data-path", data.data_path), ("--tok-config", vq_config),
+                                        (checkpoint_flag, checkpoint)) if not value]
     if missing:
         raise UserError(f"--dataset imagenet tokenizes the training images on the fly and needs {', '.join(missing)}: "
                         "the ImageFolder tree (--data-path), the tokenizer's YAML (--tok-config, e.g. "
-                        "configs/vq/VQ_BL256.yaml) and its checkpoint (--vq-ckpt). Or train on pre-extracted codes "
-                        "with --dataset imagenet_code --code-path <codes>.")
-    image_size = load_config(tok.tok_config).model.init_args.image_size
+                        "configs/vq/VQ_BL256.yaml; with --quant-way fsq: --fsq-model and --levels) and its checkpoint "
+                        f"({checkpoint_flag}). Or train on pre-extracted codes with --dataset imagenet_code "
+                        "--code-path <codes>.")
+    image_size = vq_config.model.init_args.image_size
     if tok.image_size is not None and tok.image_size != image_size:
         raise UserError(f"--image-size {tok.image_size} differs from the tokenizer's image_size {image_size} "
-                        f"('{tok.tok_config}'): the images are cropped to the size the tokenizer encodes. Pass "
+                        f"('{name}'): the images are cropped to the size the tokenizer encodes. Pass "
                         f"--image-size {image_size}, or drop the flag.")
 
 
@@ -168,15 +182,16 @@ def build_gpt_data(config: GPTTrainConfig, device: torch.device) -> GPTData:
         codes = CodeDataset(data.code_path, seed=seed, view="random", image_size=tok.image_size)
         return GPTData(codes, codes.meta, f"codes '{data.code_path}': {len(codes)} images x "
                                           f"{codes.sources[0].num_aug} views ({len(codes.sources)} source(s))")
-    vq_config = load_config(tok.tok_config)
+    vq_config, checkpoint, name = resolve_tokenizer_ref(tok)
     image_size = vq_config.model.init_args.image_size
     images = GPTImageDataset(data.data_path, image_size, seed=seed, augmentation=data.image_aug)
-    tokenizer = load_frozen_encoder(tok.vq_ckpt, vq_config, device=device)
-    meta = {"code_path": f"{data.data_path} (tokenized by {Path(tok.tok_config).name})",
+    tokenizer = load_frozen_encoder(checkpoint, vq_config, device=device)
+    short_name = Path(name).name if tok.quant_way == "vq" else name
+    meta = {"code_path": f"{data.data_path} (tokenized by {short_name})",
             "codebook_size": tokenizer.codebook_size, "num_tokens": tokenizer.num_tokens, "image_size": image_size,
-            "num_classes": len(images.classes), "tokenizer": {"checkpoint": tok.vq_ckpt, "config": tok.tok_config}}
+            "num_classes": len(images.classes), "tokenizer": {"checkpoint": checkpoint, "config": name}}
     description = (f"images '{data.data_path}': {len(images)} in {len(images.classes)} classes, {data.image_aug} "
-                   f"views at {image_size} px, tokenized on the fly by '{tok.vq_ckpt}' ({Path(tok.tok_config).name}, "
+                   f"views at {image_size} px, tokenized on the fly by '{checkpoint}' ({short_name}, "
                    f"float32, encoder only)")
     return GPTData(images, meta, description, tokenizer)
 

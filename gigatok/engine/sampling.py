@@ -29,13 +29,12 @@ import torch.nn.functional as F
 
 from gigatok.builders import (
     check_gpt_flags,
-    fsq_tokenizer_config,
     load_gpt,
     load_tokenizer,
-    parse_fsq_levels,
     resolve_checkpoint_gpt,
+    resolve_tokenizer_ref,
 )
-from gigatok.config import ConfigError, GPTSampleConfig, VQConfig, load_config
+from gigatok.config import GPTSampleConfig, VQConfig
 from gigatok.config.flags import add_config_flags
 from gigatok.data.transforms import to_uint8
 from gigatok.errors import UserError
@@ -88,21 +87,15 @@ def check_sampler_config(config: GPTSampleConfig) -> None:
 
 
 def load_tokenizer_config(config: GPTSampleConfig) -> VQConfig:
-    """The tokenizer's config: --tok-config (--quant-way vq), or the official FSQ tokenizer of --fsq-model (default
-    FSQ-16) with --levels / --codebook-size-fsq at --image-size (default 256) for --quant-way fsq, whose checkpoint
-    --fsq-ckpt then fills `config.tokenizer.vq_ckpt` (the one tokenizer checkpoint every later step reads;
-    --tok-config, which the official scripts pass along, is not read)."""
+    """The tokenizer's config (`resolve_tokenizer_ref`): --tok-config (--quant-way vq), or the official FSQ tokenizer
+    for --quant-way fsq, whose checkpoint --fsq-ckpt then fills `config.tokenizer.vq_ckpt` (the one tokenizer
+    checkpoint every later step reads)."""
     tok = config.tokenizer
-    if tok.quant_way != "fsq":
-        return load_config(tok.tok_config)
-    try:
-        levels = parse_fsq_levels(tok.levels, tok.codebook_size_fsq)
-        vq_config = fsq_tokenizer_config(tok.fsq_model or "FSQ-16", levels, tok.image_size or 256)
-    except ConfigError as err:
-        raise UserError(str(err)) from None
-    logger.info(f"--quant-way fsq: {tok.fsq_model or 'FSQ-16'} with levels {levels} "
-                f"({vq_config.model.init_args.codebook_size} codes), checkpoint {tok.fsq_ckpt}")
-    config.tokenizer = dataclasses.replace(tok, vq_ckpt=tok.fsq_ckpt)
+    vq_config, checkpoint, name = resolve_tokenizer_ref(tok)
+    if tok.quant_way == "fsq":
+        logger.info(f"--quant-way fsq: {name} ({vq_config.model.init_args.codebook_size} codes), checkpoint "
+                    f"{checkpoint}")
+        config.tokenizer = dataclasses.replace(tok, vq_ckpt=checkpoint)
     return vq_config
 
 

@@ -28,8 +28,8 @@ from PIL import Image
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from gigatok.builders import load_tokenizer
-from gigatok.config import load_config
+from gigatok.builders import FSQ_MODELS, fsq_tokenizer_config, load_tokenizer, parse_fsq_levels
+from gigatok.config import ConfigError, VQConfig, load_config
 from gigatok.data.codes import (
     FAST_HASH_ALGORITHM,
     FORMAT_VERSION,
@@ -86,10 +86,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-config", type=str, required=True, help="tokenizer YAML, e.g. configs/vq/VQ_BL256.yaml")
     parser.add_argument("--vq-ckpt", type=str, default=None, help="tokenizer checkpoint (omitted: random weights)")
     parser.add_argument("--quant-way", type=str, choices=["vq", "fsq"], default="vq",
-                        help="quantizer of the tokenizer (official flag; only vq is supported)")
+                        help="vq: the tokenizer of --model-config / --vq-ckpt; fsq: the official FSQ tokenizer of "
+                             "--fsq-model / --fsq-ckpt / --levels (--model-config is then not read)")
     parser.add_argument("--debug", action="store_true", help="also decode the first images' codes to PNGs")
     parser.add_argument("--resume", action="store_true", help="continue an extraction: skip finished shards")
-    # Ours.
+    # Ours (reconstruction_ddp.py's flags for the official FSQ tokenizer).
+    parser.add_argument("--fsq-model", type=str, choices=sorted(FSQ_MODELS), default="FSQ-16",
+                        help="--quant-way fsq: the official FSQ tokenizer (LlamaGen's CNN with an FSQ quantizer)")
+    parser.add_argument("--fsq-ckpt", type=str, default=None, help="--quant-way fsq: its checkpoint (official layout)")
+    parser.add_argument("--levels", type=str, default=None,
+                        help="--quant-way fsq: values per channel, e.g. '8, 8, 8, 6, 5' (the official default)")
     parser.add_argument("--shard-size", type=int, default=10000, help="images per shard file (resume granularity)")
     parser.add_argument("--device", type=str, choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CUDA when available, else CPU (default: %(default)s)")
@@ -97,8 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    if args.quant_way != "vq":
-        raise UserError(f"--quant-way {args.quant_way} is not supported: GigaTok tokenizers are VQ (--quant-way vq).")
+    if args.quant_way == "fsq" and args.vq_ckpt is not None:
+        raise UserError("--quant-way fsq loads the tokenizer from --fsq-ckpt; drop --vq-ckpt (or use --quant-way vq "
+                        "with --model-config for a tokenizer trained here with quantizer: fsq).")
     if args.batch_size <= 0 or args.shard_size <= 0 or args.num_workers < 0:
         raise UserError("--batch-size and --shard-size must be positive, --num-workers non-negative.")
     if args.ten_crop and args.crop_range < 1.0:
@@ -193,16 +200,31 @@ def build_meta(args: argparse.Namespace, config_name: str, model_cls: str, codeb
     }
 
 
+def tokenizer_config(args: argparse.Namespace) -> tuple[VQConfig, str]:
+    """(config, name for records) of the tokenizer: --model-config, or with --quant-way fsq the official FSQ
+    tokenizer of --fsq-model / --levels at --image-size (default 256), whose checkpoint --fsq-ckpt then fills
+    `args.vq_ckpt` (the one tokenizer checkpoint every later step reads)."""
+    if args.quant_way != "fsq":
+        return load_config(args.model_config), Path(args.model_config).name
+    try:
+        levels = parse_fsq_levels(args.levels)
+        config = fsq_tokenizer_config(args.fsq_model, levels, args.image_size or 256)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    args.vq_ckpt = args.fsq_ckpt
+    return config, f"{args.fsq_model} levels {levels}"
+
+
 def extract(args: argparse.Namespace) -> Path:
     """The extraction stage; returns the code folder."""
     # Check flags and files before any expensive work.
     check_flags(args)
-    config = load_config(args.model_config)
+    config, config_name = tokenizer_config(args)
     init_args = config.model.init_args
     image_size = args.image_size or init_args.image_size
     if image_size != init_args.image_size:
         raise UserError(f"--image-size {image_size} differs from the tokenizer config's image_size "
-                         f"{init_args.image_size} ('{args.model_config}'); pass --image-size {init_args.image_size}.")
+                         f"{init_args.image_size} ('{config_name}'); pass --image-size {init_args.image_size}.")
     ckpt_hash = fast_file_hash(resolve_checkpoint_path(args.vq_ckpt)) if args.vq_ckpt else None
 
     # Setup distributed and logging.
@@ -225,7 +247,7 @@ def extract(args: argparse.Namespace) -> Path:
     settings = {"data_path": str(Path(args.data_path).resolve()), "num_images": len(dataset),
                 "file_list_sha256": file_list_digest(dataset.files, dataset.root), "image_size": image_size,
                 "ten_crop": args.ten_crop, "crop_range": args.crop_range if args.ten_crop else None,
-                "model_config": Path(args.model_config).name, "vq_ckpt_hash": ckpt_hash,
+                "model_config": config_name, "vq_ckpt_hash": ckpt_hash,
                 "shard_size": args.shard_size, "global_seed": args.global_seed,
                 "unreadable_images": sorted(unreadable)}
     todo = on_rank0(lambda: prepare_folder(code_path, settings, num_shards, args.resume))
@@ -244,7 +266,7 @@ def extract(args: argparse.Namespace) -> Path:
     tokenizer = load_tokenizer(args.vq_ckpt, config, device=device)
     num_tokens, codebook_size = tokenizer.num_tokens, tokenizer.codebook_size
     dtype = codes_dtype(codebook_size)
-    logger.info(f"tokenizer {Path(args.model_config).name}: {num_tokens} codes per view, codebook {codebook_size}, "
+    logger.info(f"tokenizer {config_name}: {num_tokens} codes per view, codebook {codebook_size}, "
                 f"stored as {dtype.name}; output '{code_path}'")
 
     # Extract: one shard at a time, committed atomically.
@@ -276,7 +298,7 @@ def extract(args: argparse.Namespace) -> Path:
     barrier()
 
     def write_meta() -> int:
-        meta = build_meta(args, Path(args.model_config).name, config.model.model_cls, codebook_size, num_tokens,
+        meta = build_meta(args, config_name, config.model.model_cls, codebook_size, num_tokens,
                           image_size, views, dataset, code_path, ckpt_hash, dtype)
         meta["unreadable_images"] = sorted(unreadable)  # left out by --skip-bad-images (relative paths)
         write_json_atomic(code_path / META_NAME, meta)

@@ -116,8 +116,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
 def check_config(config: GPTTrainConfig) -> None:
     """Settings we cannot honour, refused before any work."""
     check_gpt_flags(config.model)
-    if config.tokenizer.quant_way != "vq":
-        raise UserError("only GPTs on VQ codes (--quant-way vq) are supported.")
     check_data_config(config)
     check_logging_setup(wandb_mode(config), config.trainer.tensorboard)
     if config.trainer.ema and config.trainer.data_parallel in SHARDED_MODES:
@@ -363,10 +361,13 @@ def train_loop(config: GPTTrainConfig, parts: GPTParts, manager: CheckpointManag
 
 
 def warn_if_other_tokenizer(config: GPTTrainConfig, meta: dict) -> None:
-    """A --vq-ckpt that is not the checkpoint the codes were extracted with: samples must be decoded with the latter."""
-    vq_ckpt, tok_hash = config.tokenizer.vq_ckpt, (meta.get("tokenizer") or {}).get("checkpoint_hash")
+    """A --vq-ckpt (--fsq-ckpt) that is not the checkpoint the codes were extracted with: samples must be decoded with
+    the latter."""
+    tok = config.tokenizer
+    flag, vq_ckpt = ("--fsq-ckpt", tok.fsq_ckpt) if tok.quant_way == "fsq" else ("--vq-ckpt", tok.vq_ckpt)
+    tok_hash = (meta.get("tokenizer") or {}).get("checkpoint_hash")
     if vq_ckpt and tok_hash and os.path.isfile(vq_ckpt) and fast_file_hash(vq_ckpt) != tok_hash:
-        logger.warning(f"--vq-ckpt '{vq_ckpt}' is not the checkpoint the codes were extracted with "
+        logger.warning(f"{flag} '{vq_ckpt}' is not the checkpoint the codes were extracted with "
                        f"({meta['tokenizer']['checkpoint']}); samples must be decoded with the latter")
 
 

@@ -30,8 +30,9 @@ from gigatok.builders import (
     load_gpt,
     load_tokenizer,
     resolve_checkpoint_gpt,
+    resolve_tokenizer_ref,
 )
-from gigatok.config import GPTEvalConfig, load_config
+from gigatok.config import GPTEvalConfig
 from gigatok.config.flags import (
     add_config_flags,
     given_flags,
@@ -82,10 +83,9 @@ def check_config(config: GPTEvalConfig) -> None:
     if (config.data.code_path is None) == (config.data.data_path is None):
         raise UserError("pass exactly one of --code-path (pre-extracted codes) and --data-path (images, with "
                         "--vq-ckpt and --tok-config).")
-    if config.data.data_path is not None and config.tokenizer.tok_config is None:
-        raise UserError("--data-path needs --tok-config (and --vq-ckpt) to tokenize the images.")
-    if config.tokenizer.quant_way != "vq":
-        raise UserError("only GPTs on VQ codes (--quant-way vq) are supported.")
+    if config.data.data_path is not None and config.tokenizer.quant_way == "vq" and config.tokenizer.tok_config is None:
+        raise UserError("--data-path needs --tok-config (and --vq-ckpt) to tokenize the images (or --quant-way fsq "
+                        "with --fsq-model, --levels and --fsq-ckpt).")
     if config.model.gpt_ckpt is None:
         raise UserError("--gpt-ckpt is required: the GPT checkpoint whose validation loss to compute.")
 
@@ -99,13 +99,13 @@ def build_data(config: GPTEvalConfig, device: torch.device) -> tuple[Any, torch.
         dataset = CodeDataset(data.code_path, view="center", image_size=tok.image_size)
         return (dataset, None, dataset.meta.get("codebook_size"), dataset.num_tokens,
                 f"codes '{data.code_path}' ({len(dataset)} images, center view)")
-    vq_config = load_config(tok.tok_config)
+    vq_config, checkpoint, _ = resolve_tokenizer_ref(tok)  # --tok-config, or --quant-way fsq's FSQ tokenizer
     image_size = tok.image_size or vq_config.model.init_args.image_size
     if image_size != vq_config.model.init_args.image_size:
         raise UserError(f"--image-size {image_size} differs from the tokenizer config's image_size "
                         f"{vq_config.model.init_args.image_size}.")
     torch.manual_seed(config.eval.global_seed)  # random tokenizer weights (tests) agree across ranks
-    tokenizer = load_tokenizer(tok.vq_ckpt, vq_config, device=device)
+    tokenizer = load_tokenizer(checkpoint, vq_config, device=device)
     dataset = LabeledImageFolder(data.data_path, ViewTransform(image_size, center_only=True))
     return (dataset, tokenizer, tokenizer.codebook_size, tokenizer.num_tokens,
             f"images '{data.data_path}' ({len(dataset)}, center_crop_arr {image_size} px, tokenized on the fly)")

@@ -8,6 +8,7 @@ decode_code output).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -111,3 +112,54 @@ def test_quant_way_fsq_through_the_official_scripts(tmp_path: Path) -> None:
         images, labels = data["arr_0"], data["labels"]
     assert images.shape == (4, 64, 64, 3) and labels.tolist() == [1, 1, 3, 3]
     assert images.std() > 1.0 and len({im.tobytes() for im in images}) == 4
+
+
+def test_quant_way_fsq_codes_train_and_val_loss(tmp_path: Path, capsys) -> None:
+    """--quant-way fsq through the GPT's data path: extract_codes (--fsq-model/--fsq-ckpt/--levels) stores the
+    official FSQ-16's codes with K = prod(levels) in meta.json; train_c2i trains on those codes and on the images
+    tokenized on the fly by the same tokenizer; val_loss_c2i gives the same loss from the codes and from the images
+    (center view both ways). --vq-ckpt with --quant-way fsq is refused in one line."""
+    from helpers import make_digit_folder
+
+    from gigatok.stages.extract_codes import main as extract_main
+    from gigatok.stages.train_c2i import main as train_main
+    from gigatok.stages.val_loss_c2i import main as val_main
+
+    levels, size = [4, 4, 4], 32  # K = 64; FSQ-16 at 32 px: 2x2 codes
+    torch.save({"model": load_procedural(build_tokenizer(fsq_tokenizer_config("FSQ-16", levels, size))).state_dict(),
+                "steps": 5}, tmp_path / "fsq.pt")
+    digits = make_digit_folder(tmp_path / "digits", 24)
+    fsq = ["--quant-way", "fsq", "--fsq-model", "FSQ-16", "--fsq-ckpt", str(tmp_path / "fsq.pt")]
+    unused = str(ROOT / "configs" / "vq" / "VQ_SS256.yaml")  # official scripts pass it along; not read with fsq
+    extract_main(["--data-path", str(digits), "--code-path", str(tmp_path / "codes"), "--model-config", unused,
+                  *fsq, "--levels", "4, 4, 4", "--image-size", str(size), "--num-workers", "0", "--device", "cpu"])
+    meta = json.loads((tmp_path / "codes" / "meta.json").read_text())
+    assert (meta["codebook_size"], meta["num_tokens"], meta["tokenizer"]["config"]) == (64, 4, "FSQ-16 levels [4, 4, 4]")
+    stored = np.load(tmp_path / "codes" / meta["shards"][0]["codes"])  # (N, A, L)
+    assert stored.shape == (24, 2, 4) and stored.max() < 64 and len(np.unique(stored)) > 4
+
+    common = ["--gpt-model", "debug", "--num-workers", "0", "--device", "cpu", "--mixed-precision", "none",
+              "--global-batch-size", "8", "--iterations", "3", "--ckpt-every", "3", "--no-wandb",
+              "--save-path", str(tmp_path / "gpt")]
+    train_main(["--code-path", str(tmp_path / "codes"), *fsq, "--codebook-size-fsq", "4^3", "--sub-exp-dir",
+                "codes", *common])
+    train_main(["--dataset", "imagenet", "--data-path", str(digits), *fsq, "--levels", "4,4,4", "--image-size",
+                str(size), "--sub-exp-dir", "images", *common])
+    ckpt = tmp_path / "gpt" / "codes" / "checkpoints" / "0000003.pt"
+    assert ckpt.is_file() and (tmp_path / "gpt" / "images" / "checkpoints" / "0000003.pt").is_file()
+
+    val = ["--gpt-ckpt", str(ckpt), "--gpt-model", "debug", "--num-workers", "0", "--device", "cpu",
+           "--precision", "none"]
+    val_main(["--code-path", str(tmp_path / "codes"), *val, "--out", str(tmp_path / "codes.json")])
+    val_main(["--data-path", str(digits), *fsq, "--levels", "4,4,4", "--image-size", str(size), *val, "--out",
+              str(tmp_path / "images.json")])
+    from_codes, from_images = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("codes", "images"))
+    assert from_codes["num_codes"] == from_images["num_codes"] == 24 * 4
+    assert from_images["val_loss"] == pytest.approx(from_codes["val_loss"], rel=1e-5)
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        extract_main(["--data-path", str(digits), "--code-path", str(tmp_path / "bad"), "--model-config", unused,
+                      *fsq, "--vq-ckpt", str(tmp_path / "fsq.pt"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "drop --vq-ckpt" in err and "Traceback" not in err
