@@ -2,8 +2,9 @@
 
 Features: the mean over latent tokens of the Q-Former encoder output before `conv_out` (the pre-quantisation latent
 tokens at the transformer width D); with `--fix-dim`, the same after `conv_out` (z_channels wide, still before
-`quant_conv` and the quantizer); with `--from-decoder`, the decoder states after layer `distill_depth` (the input
-of the semantic-regularisation MLP, from the quantized codes), averaged over the G*G 2D queries. The head and
+`quant_conv` and the quantizer; for CNN tokenizers such as LlamaGen's VQ-16, the only mode: their encoder's grid);
+with `--from-decoder`, the decoder states after layer `distill_depth` (the input of the semantic-regularisation
+MLP, from the quantized codes), averaged over the G*G 2D queries. The head and
 recipe are those of the GPT probe (gigatok.engine.linear_probe). GigaTok's README: this probe "does not necessarily
 reflect downstream AR performance" (it overfits while generation keeps improving, paper Fig. 13).
 
@@ -41,7 +42,10 @@ def tokenizer_features_fn(tokenizer: torch.nn.Module, mode: str, num_code: int |
         if mode == "decoder":
             states = tokenizer.decoder_features(tokenizer.encode_to_codes(images))  # (B, G*G, D)
             return states.float().mean(dim=1)
-        tokens = tokenizer.token_encoder(tokenizer.encoder(images), return_feat=mode == "encoder")  # (B, D, h, w)
+        grid = tokenizer.encoder(images)  # (B, Cz, G, G)
+        # CNN tokenizers (LlamaGen VQ-16/VQ-8, FSQ) have no token encoder: their fix_dim features are the grid itself
+        tokens = grid if tokenizer.token_encoder is None else tokenizer.token_encoder(
+            grid, return_feat=mode == "encoder")  # (B, D, h, w)
         tokens = tokens.flatten(2)  # (B, D, L): 1D tokens in query order, 2D ones in raster order
         if num_code is not None:
             tokens = tokens[:, :, :num_code]
@@ -60,6 +64,10 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--from-decoder probes decoder layer distill_depth, but '{args.model_config}' sets no "
                          "model.init_args.distill_depth.")
     tokenizer = load_tokenizer(args.vq_ckpt, config, device=dist_info.device).requires_grad_(False)
+    if mode == "encoder" and tokenizer.token_encoder is None:
+        raise UserError(f"'{args.model_config}' is a CNN tokenizer ({config.model.model_cls}) without a Q-Former "
+                        "encoder, so it has no transformer-width encoder features: pass --fix-dim to probe its CNN "
+                        "encoder's output (z_channels wide, before quant_conv), mean-pooled over the grid.")
     if mode != "decoder":
         del tokenizer.decoder  # the pixel decoder is never used by encoder features
     one_d = config.model.model_cls == "VQVitModelPlus"

@@ -279,3 +279,20 @@ def test_two_process_run_over_torchrun(files, tmp_path):
     gpt_probe_main(gpt_argv(files, tmp_path, "ddp", "--eval", "--out", str(out)))
     single = json.loads(out.read_text())
     assert (single["top1"], single["top5"], single["num_images"]) == (ddp["top1"], ddp["top5"], 6)
+
+
+def test_cnn_tokenizer_probe_uses_its_encoder_grid(files, tmp_path, capsys):
+    """LlamaGen's VQ-16 (no Q-Former encoder): --fix-dim probes its encoder's grid (z_channels wide); the default
+    encoder mode stops with a message that names --fix-dim."""
+    config = REPO / "configs" / "vq" / "LlamaGen_VQ16_debug.yaml"
+    z_channels = load_config(config).model.init_args.z_channels
+    argv = ["--data-root", str(files["data"]), "--save-path", str(tmp_path), "--sub-exp-dir", "cnn", "--model-config",
+            str(config), "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4", "--lr", "1.0",
+            "--num-workers", "0", "--device", "cpu"]
+    err = expect_exit_2(tok_probe_main, argv, capsys)
+    assert "without a Q-Former encoder" in err and "--fix-dim" in err
+    tok_probe_main([*argv, "--fix-dim"])
+    result = json.loads((tmp_path / "cnn" / "lin_probe_acc.json").read_text())
+    assert result["features"]["mode"] == "fix_dim" and result["num_images"] == 6
+    head = read_checkpoint(tmp_path / "cnn" / "checkpoints" / "0000.pt")["model"]["head.weight"]
+    assert head.shape == (2, z_channels)
