@@ -18,7 +18,7 @@ Public API (imported lazily: `import gigatok` loads neither torch nor a model)::
     import gigatok
     from PIL import Image
 
-    gigatok.list_pretrained()                      # the 13 released files: name, config, GPT size, rFID/gFID, link
+    gigatok.list_pretrained()                      # released files (GigaTok 13, LlamaGen 9): config, sizes, link
     config = gigatok.load_config("VQ_SS256")       # a shipped tokenizer config (works from an installed package)
 
     tokenizer = gigatok.load_tokenizer("VQ_SS256")  # released name, file, saved folder or hf://owner/repo[/file]

@@ -3,8 +3,9 @@
 `load_tokenizer(source)` / `load_gpt(source)` accept, in this order:
 1. a folder written by `save_pretrained` / `gigatok export` (model.safetensors + config.yaml);
 2. `hf://owner/repo` or `owner/repo`: a saved folder on the Hugging Face Hub;
-3. a released name (`gigatok.list_pretrained()`: `VQ_SS256`, `GPT_B256_e300_VQ_SS`, or the official file names),
-   fetched once into the torch-hub cache (`$TORCH_HOME/hub/checkpoints/<file>`) from the official link, or from
+3. a released name (`gigatok.list_pretrained()`: `VQ_SS256`, `GPT_B256_e300_VQ_SS`, LlamaGen's `vq_ds16_c2i`,
+   `c2i_L_384`, or the official file names), fetched once into the torch-hub cache
+   (`$TORCH_HOME/hub/checkpoints/<file>`) from the official link (Google Drive, or LlamaGen's Hub files), or from
    `GIGATOK_WEIGHTS_BASE_URL/<file>`; a file already there is used as is. `GIGATOK_OFFLINE=1` / `HF_HUB_OFFLINE=1`
    never download: the error names the file, its link and where to put it;
 4. a checkpoint file (`.pt` official or ours, `.safetensors`) or `hf://owner/repo/file`.
@@ -47,7 +48,7 @@ from gigatok.infra.download import (
     fetch_weights,
     hub_checkpoint_path,
 )
-from gigatok.zoo import Pretrained, find_pretrained, get_pretrained, load_config
+from gigatok.zoo import Pretrained, find_pretrained, get_pretrained, load_config, tokenizer_config_of
 
 Source = str | os.PathLike
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
@@ -78,11 +79,11 @@ def released_file(entry: Pretrained) -> Path:
             f"Download it from {entry.url} and put it there (or pass its path instead of the name).\n{err}") from None
     with open(path, "rb") as f:
         head = f.read(64).lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html")):  # Google Drive answered with a web page (quota, sign-in)
+    if head.startswith((b"<!doctype", b"<html")):  # a web page (Google Drive quota or sign-in, a proxy's error)
         path.unlink()
         raise WeightsDownloadError(f"{entry.download_url} returned a web page instead of {entry.filename} (Google "
-                                   f"Drive quota or sign-in); download it from {entry.url} by hand and put it at "
-                                   f"{dest}.")
+                                   f"Drive quota, sign-in or an error page); download it from {entry.url} by hand and "
+                                   f"put it at {dest}.")
     return path
 
 
@@ -166,8 +167,8 @@ def load_gpt(source: Source, config: GPTConfig | str | None = None, device: str 
     entry = find_pretrained(str(source))  # an official file name tells the size and the tokenizer it models
     entry = entry if entry is not None and entry.kind == "gpt" else None
     vocab_size = block_size = None
-    if entry is not None:  # released GPTs: learned 1D positions over their tokenizer's K codes, L per image
-        args = load_config(entry.config).model.init_args
+    if entry is not None:  # released GPTs: their tokenizer's K codes, L per image at the file's image size
+        args = tokenizer_config_of(entry.name).model.init_args
         vocab_size, block_size = args.codebook_size, args.num_latent_tokens
     if str(source).endswith(".safetensors"):
         ckpt = {"model": read_safetensors(resolve_checkpoint_path(source))}
@@ -177,7 +178,7 @@ def load_gpt(source: Source, config: GPTConfig | str | None = None, device: str 
         if config is not None and config not in GPT_MODELS:
             raise UserError(f"config must be a GPTConfig or a GPT size {sorted(GPT_MODELS)}, got {config!r}")
         model = GPTModelConfig(gpt_model=config or (entry.gpt_model if entry is not None else None),
-                               gpt_ckpt=str(source))
+                               gpt_ckpt=str(source), gpt_2d=entry is not None and entry.gpt_2d)
         config = resolve_checkpoint_gpt(model, ckpt, vocab_size=vocab_size, block_size=block_size,
                                         source=f"'{source}'")
     return load_gpt_checkpoint(ckpt, config, use_ema=use_ema, device=device).requires_grad_(False)

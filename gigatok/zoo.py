@@ -1,15 +1,20 @@
-"""The model zoo: the 13 files the official GigaTok README releases, and the tokenizer configs shipped in the package.
+"""The model zoo: the 13 files the official GigaTok README releases, LlamaGen's 9 class-conditional ImageNet files,
+and the tokenizer configs shipped in the package.
 
 Level 0 (standard library; `gigatok.config` only inside `load_config`), so `gigatok.list_pretrained()` and
 `gigatok.load_config("VQ_SS256")` work without importing torch.
 
-Every release is a 256x256 px, 1D tokenizer (or a GPT trained on one). The official repository ships `*_2d.yaml`
-configs (VQ_SS256_2d, VQ_SB256_2d, VQ_BL256_2d) for its ablations but releases no 2D checkpoint. The official
-download links are Google Drive files (there is no official Hugging Face Hub repository); `gigatok.api` fetches them
-into the torch-hub cache, or from a mirror named by `GIGATOK_WEIGHTS_BASE_URL` (`<base>/<filename>`).
+GigaTok: every release is a 256x256 px, 1D tokenizer (or a GPT with learned 1D positions trained on one). The official
+repository ships `*_2d.yaml` configs (VQ_SS256_2d, VQ_SB256_2d, VQ_BL256_2d) for its ablations but releases no 2D
+checkpoint. Its download links are Google Drive files (there is no official Hugging Face Hub repository).
 
-Numbers are the paper's (official README): rFID and LPIPS of the tokenizer, gFID (with CFG) and linear-probing
-accuracy of the GPT trained on its codes.
+LlamaGen (FoundationVision/LlamaGen on the Hugging Face Hub): the CNN tokenizers VQ-16 (`vq_ds16_c2i`) and VQ-8
+(`vq_ds8_c2i`), and the c2i GPTs with 2D RoPE (`--gpt-2d`) on VQ-16 codes: 16x16 codes at 256 px, 24x24 at 384 px
+(the same tokenizer file at 384 px: `Pretrained.image_size`).
+
+`gigatok.api` fetches files into the torch-hub cache, or from a mirror named by `GIGATOK_WEIGHTS_BASE_URL`
+(`<base>/<filename>`). Numbers are the papers' (official READMEs): rFID and LPIPS of the tokenizer, gFID (with CFG)
+and linear-probing accuracy of the GPT trained on its codes; None where a README gives none.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "vq"  # package data;
 _DRIVE_VIEW = "https://drive.google.com/file/d/{id}/view"
 # Direct download of a public Drive file; `confirm=t` skips the "cannot scan for viruses" page of large files.
 _DRIVE_DOWNLOAD = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
+_LLAMAGEN_HUB = "https://huggingface.co/FoundationVision/LlamaGen/resolve/main/{file}"
 
 
 class UnknownPretrainedError(UserError):
@@ -56,18 +62,26 @@ class Pretrained:
     lin_probe_acc: float | None
     """Linear-probing top-1 accuracy (%) of the GPT's features (GPTs)."""
     url: str
-    """The official download link (the Google Drive page the official README links)."""
+    """The official download link (GigaTok: the Google Drive page its README links; LlamaGen: the Hub file)."""
+    repository: Literal["GigaTok", "LlamaGen"] = "GigaTok"
+    """The project that released the file."""
+    gpt_2d: bool = False
+    """GPTs: 2D RoPE over the token grid (LlamaGen's; `--gpt-2d`), else learned 1D positions (GigaTok's)."""
+    image_size: int = 256
+    """Image side S the file is used at (LlamaGen's 384 px GPTs: the VQ-16 tokenizer at 384 px, 24x24 codes)."""
 
     @property
-    def drive_id(self) -> str:
-        """The Google Drive file id in `url`."""
-        return self.url.split("/d/")[1].split("/")[0]
+    def drive_id(self) -> str | None:
+        """The Google Drive file id in `url` (None for a file that is not on Google Drive)."""
+        return self.url.split("/d/")[1].split("/")[0] if "drive.google.com/file/d/" in self.url else None
 
     @property
     def download_url(self) -> str:
         """A direct-download form of `url`, or `<GIGATOK_WEIGHTS_BASE_URL>/<filename>` when that variable is set."""
         base = os.environ.get("GIGATOK_WEIGHTS_BASE_URL", "").strip()
-        return f"{base.rstrip('/')}/{self.filename}" if base else _DRIVE_DOWNLOAD.format(id=self.drive_id)
+        if base:
+            return f"{base.rstrip('/')}/{self.filename}"
+        return _DRIVE_DOWNLOAD.format(id=self.drive_id) if self.drive_id else self.url
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +95,17 @@ def _tok(name: str, filename: str, params: str, rfid: float, lpips: float, drive
 def _gpt(stem: str, tokenizer: str, gpt_model: str, params: str, gfid: float, acc: float, drive_id: str) -> Pretrained:
     return Pretrained(stem, "gpt", f"{stem}.pt", tokenizer, tokenizer, gpt_model, params, None, None, gfid, acc,
                       _DRIVE_VIEW.format(id=drive_id))
+
+
+def _llamagen_tok(name: str, config: str, params: str, rfid: float) -> Pretrained:
+    return Pretrained(name, "tokenizer", f"{name}.pt", config, name, None, params, rfid, None, None, None,
+                      _LLAMAGEN_HUB.format(file=f"{name}.pt"), repository="LlamaGen")
+
+
+def _llamagen_gpt(name: str, gpt_model: str, params: str, gfid: float, image_size: int) -> Pretrained:
+    return Pretrained(name, "gpt", f"{name}.pt", "LlamaGen_VQ16", "vq_ds16_c2i", gpt_model, params, None, None, gfid,
+                      None, _LLAMAGEN_HUB.format(file=f"{name}.pt"), repository="LlamaGen", gpt_2d=True,
+                      image_size=image_size)
 
 
 PRETRAINED: dict[str, Pretrained] = {p.name: p for p in (
@@ -99,14 +124,29 @@ PRETRAINED: dict[str, Pretrained] = {p.name: p for p in (
     _gpt("GPT_XXL256_e300_VQ_BL", "VQ_BL256", "GPT-XXL", "1.4B", 2.03, 69.4, "1qC1wkF99IV2cptGR_ALuqqXz0oKBiKp9"),
     _gpt("GPT_XXL256_e300_VQ_XLXXL", "VQ_XLXXL256", "GPT-XXL", "1.4B", 1.98, 74.0,
          "1yMPOYx3oR1PZpZynEotQAO720UVxL0iL"),
+    # LlamaGen's README (rFID at 256 px; FID of the GPTs with CFG at their image size).
+    _llamagen_tok("vq_ds16_c2i", "LlamaGen_VQ16", "72M", 2.19),
+    _llamagen_tok("vq_ds8_c2i", "LlamaGen_VQ8", "70M", 0.59),
+    _llamagen_gpt("c2i_B_256", "GPT-B", "111M", 5.46, 256),
+    _llamagen_gpt("c2i_B_384", "GPT-B", "111M", 6.09, 384),
+    _llamagen_gpt("c2i_L_256", "GPT-L", "343M", 3.80, 256),
+    _llamagen_gpt("c2i_L_384", "GPT-L", "343M", 3.07, 384),
+    _llamagen_gpt("c2i_XL_384", "GPT-XL", "775M", 2.62, 384),
+    _llamagen_gpt("c2i_XXL_384", "GPT-XXL", "1.4B", 2.34, 384),
+    _llamagen_gpt("c2i_3B_384", "GPT-3B", "3.1B", 2.18, 384),
 )}
 
 
-def list_pretrained(kind: Literal["tokenizer", "gpt"] | None = None) -> list[Pretrained]:
-    """The released checkpoints (13: 5 tokenizers, 8 GPTs), optionally only one kind, in the README's order."""
+def list_pretrained(kind: Literal["tokenizer", "gpt"] | None = None,
+                    repository: Literal["GigaTok", "LlamaGen"] | None = None) -> list[Pretrained]:
+    """The released checkpoints (GigaTok's 13: 5 tokenizers, 8 GPTs; LlamaGen's 9: 2 tokenizers, 7 GPTs), optionally
+    only one kind or one project's, in the READMEs' order."""
     if kind not in (None, "tokenizer", "gpt"):
         raise UserError(f"kind must be 'tokenizer', 'gpt' or None, got {kind!r}")
-    return [p for p in PRETRAINED.values() if kind is None or p.kind == kind]
+    if repository not in (None, "GigaTok", "LlamaGen"):
+        raise UserError(f"repository must be 'GigaTok', 'LlamaGen' or None, got {repository!r}")
+    return [p for p in PRETRAINED.values()
+            if (kind is None or p.kind == kind) and (repository is None or p.repository == repository)]
 
 
 def find_pretrained(name: str) -> Pretrained | None:
@@ -168,3 +208,18 @@ def load_config(name_or_path: str | os.PathLike, overrides: list[str] | None = N
     from gigatok.config import load_config as load_yaml
 
     return load_yaml(config_path(name_or_path), overrides)
+
+
+def tokenizer_config_of(name: str) -> Any:
+    """The config of the tokenizer a released file is or was trained on, at the file's image size: LlamaGen's 384 px
+    GPTs get VQ-16 at 384 px (24x24 codes; the CNN has no positional table, so the same weights work). Pair it with
+    the tokenizer file: `gigatok.load_tokenizer("vq_ds16_c2i", config=gigatok.zoo.tokenizer_config_of("c2i_L_384"))`.
+    """
+    entry = get_pretrained(name)
+    config = load_config(entry.config)
+    args = config.model.init_args
+    if entry.image_size == args.image_size:
+        return config
+    grid = entry.image_size // 2 ** (len(args.encoder_ch_mult) - 1)  # CNN tokenizers only (all 1D ones are 256 px)
+    return load_config(entry.config, [f"--model.init_args.image_size={entry.image_size}",
+                                      f"--model.init_args.num_latent_tokens={grid * grid}"])

@@ -50,22 +50,44 @@ def outputs(model: torch.nn.Module) -> torch.Tensor:
 # ---- registry and configs ----
 
 def test_list_pretrained_has_the_13_released_files_with_links() -> None:
-    entries = gigatok.list_pretrained()
+    entries = gigatok.list_pretrained(repository="GigaTok")
     assert len(entries) == 13
-    assert [e.name for e in gigatok.list_pretrained("tokenizer")] == [
+    assert [e.name for e in gigatok.list_pretrained("tokenizer", "GigaTok")] == [
         "VQ_SS256", "VQ_SB256", "VQ_BL256", "VQ_BL256_dino_disc", "VQ_XLXXL256"]
-    assert sorted({e.gpt_model for e in gigatok.list_pretrained("gpt")}) == ["GPT-B", "GPT-XL", "GPT-XXL"]
+    assert sorted({e.gpt_model for e in gigatok.list_pretrained("gpt", "GigaTok")}) == ["GPT-B", "GPT-XL", "GPT-XXL"]
     assert len({e.url for e in entries}) == 13 and len({e.filename for e in entries}) == 13
     for e in entries:
         assert e.url.startswith("https://drive.google.com/file/d/") and e.drive_id in e.download_url
         assert e.tokenizer in gigatok.zoo.PRETRAINED and gigatok.zoo.PRETRAINED[e.tokenizer].kind == "tokenizer"
         assert gigatok.zoo.config_path(e.config).is_file()  # every release's config ships with the package
         assert (e.rfid is not None) == (e.kind == "tokenizer") and (e.gfid is not None) == (e.kind == "gpt")
+        assert (e.image_size, e.gpt_2d) == (256, False)
     best = min(gigatok.list_pretrained("gpt"), key=lambda e: e.gfid)
     assert (best.name, best.gpt_model, best.tokenizer, best.gfid) == (
         "GPT_XXL256_e300_VQ_XLXXL", "GPT-XXL", "VQ_XLXXL256", 1.98)
     assert gigatok.zoo.find_pretrained("VQ_SS256_e100.pt") is gigatok.zoo.PRETRAINED["VQ_SS256"]
     assert not any("2d" in e.config for e in entries)  # no 2D tokenizer was released
+
+
+def test_list_pretrained_has_llamagen_s_9_class_conditional_files() -> None:
+    """LlamaGen's README: VQ-16 / VQ-8 and seven c2i GPTs (2D RoPE) on VQ-16 codes, on the Hub; the 384 px GPTs'
+    tokenizer config is VQ-16 at 384 px (24x24 codes)."""
+    entries = gigatok.list_pretrained(repository="LlamaGen")
+    assert len(gigatok.list_pretrained()) == 22 and len(entries) == 9
+    assert [e.name for e in gigatok.list_pretrained("tokenizer", "LlamaGen")] == ["vq_ds16_c2i", "vq_ds8_c2i"]
+    for e in entries:
+        assert e.url == f"https://huggingface.co/FoundationVision/LlamaGen/resolve/main/{e.filename}"
+        assert e.drive_id is None and e.download_url == e.url  # the Hub file itself
+        assert gigatok.zoo.config_path(e.config).is_file() and gigatok.zoo.PRETRAINED[e.tokenizer].kind == "tokenizer"
+        assert e.gpt_2d == (e.kind == "gpt")
+        assert e.image_size == (int(e.name[-3:]) if e.kind == "gpt" else 256)
+    assert {e.gpt_model for e in gigatok.list_pretrained("gpt", "LlamaGen")} == {
+        "GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-3B"}
+    with pytest.raises(UserError, match="repository must be"):
+        gigatok.list_pretrained(repository="SEED-Voken")
+    args = gigatok.zoo.tokenizer_config_of("c2i_L_384").model.init_args
+    assert (args.image_size, args.num_latent_tokens, args.codebook_size) == (384, 576, 16384)
+    assert gigatok.zoo.tokenizer_config_of("c2i_B_256").model.init_args.num_latent_tokens == 256
 
 
 def test_load_config_by_name_path_and_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,6 +320,17 @@ def test_released_names_download_once_from_a_mirror(mirror: Path, tmp_path: Path
         gigatok.load_gpt("GPT_B256_e300_VQ_BL")
 
 
+def test_llamagen_gpt_name_loads_with_2d_rope_at_its_image_size(mirror: Path) -> None:
+    """`c2i_B_384` from the mirror (a bare state dict, as LlamaGen's FSDP files are): 2D RoPE over 24x24 codes from
+    16384, sized from the registry, the same outputs as the saved GPT."""
+    torch.manual_seed(0)
+    gpt = build_gpt("debug", pos_type="rope_2d", vocab_size=16384, block_size=576, num_classes=1000).eval()
+    torch.save(gpt.state_dict(), mirror / "c2i_B_384.pt")
+    loaded = gigatok.load_gpt("c2i_B_384", config="debug")
+    assert (loaded.config.pos_type, loaded.config.block_size, loaded.config.vocab_size) == ("rope_2d", 576, 16384)
+    assert torch.equal(outputs(loaded), outputs(gpt))
+
+
 def test_checkpoint_files(tmp_path: Path) -> None:
     tokenizer, gpt = tiny_tokenizer(), tiny_gpt()
     torch.save({"model": tokenizer.state_dict()}, tmp_path / "tok.pt")
@@ -353,7 +386,7 @@ def test_sample_four_classes_is_seeded() -> None:
 @pytest.mark.slow
 def test_non_editable_install_in_a_fresh_venv(tmp_path: Path) -> None:
     """The checkout built into a wheel (not editable) and installed with pip into a new virtualenv; from another
-    folder, the registry lists 13 files and a config name loads from the package data.
+    folder, the registry lists 22 files (13 GigaTok, 9 LlamaGen) and a config name loads from the package data.
 
     The wheel is built with this environment's setuptools (no network). It is installed into a venv that sees
     nothing of this one, so pip can neither find nor touch the editable install here; the runtime dependencies
@@ -390,7 +423,7 @@ def test_non_editable_install_in_a_fresh_venv(tmp_path: Path) -> None:
     out = run(python, "-c", code, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     count, size, location = out.stdout.split()
-    assert (count, size) == ("13", "16384") and location.startswith(str(venv))
+    assert (count, size) == ("22", "16384") and location.startswith(str(venv))
 
 
 def test_quickstart_with_tiny_saved_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

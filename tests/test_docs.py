@@ -90,28 +90,32 @@ def test_link_checker_catches_a_missing_file_and_a_missing_anchor(tmp_path):
     assert broken_links(page) == ["a.md: c.md: no such file", "a.md: b.md#nope: no heading '#nope' in b.md"]
 
 
-def zoo_rows() -> dict[str, list[str]]:
-    """Model-zoo table of the README: registry name -> its cells."""
-    text = README.read_text()
-    section = text[text.index("## Model zoo"):]
+def zoo_rows(page: Path = README, heading: str = "## Model zoo") -> dict[str, list[str]]:
+    """A model-zoo table (the first table rows under `heading` up to the next section): registry name -> cells."""
+    text = page.read_text()
+    section = text[text.index(heading):]
     section = section[:section.index("\n## ", 1)]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| `")]
     return {row[0].strip("`"): row for row in rows}
 
 
-def test_model_zoo_table_is_the_registry():
-    rows = zoo_rows()
-    released = zoo.list_pretrained()
-    assert len(released) == 13
+@pytest.mark.parametrize("repository, page, heading", [
+    ("GigaTok", README, "## Model zoo"),
+    ("LlamaGen", ROOT / "docs" / "models.md", "**LlamaGen's VQ-16 and VQ-8.**"),
+])
+def test_model_zoo_table_is_the_registry(repository, page, heading):
+    rows = zoo_rows(page, heading)
+    released = zoo.list_pretrained(repository=repository)
+    assert len(released) == {"GigaTok": 13, "LlamaGen": 9}[repository]
     assert list(rows) == [p.name for p in released]  # the same names, in the same order
     for p in released:
         row = " | ".join(rows[p.name])
         assert f"[{p.filename}]({p.url}" in row, (p.name, p.url)
         assert p.params in row and f"{p.config}.yaml" in row
         numbers = [p.rfid, p.lpips] if p.kind == "tokenizer" else [p.gfid, p.lin_probe_acc]
-        assert all(f"{n:g}" in row for n in numbers), (p.name, numbers, row)
+        assert all(f"{n:g}" in row for n in numbers if n is not None), (p.name, numbers, row)
         if p.kind == "gpt":
-            assert f"{p.gpt_model} on `{p.tokenizer}`" in row
+            assert f"{p.gpt_model}" in row and f"`{p.tokenizer}`" in row
 
 
 def python_blocks() -> list:
@@ -159,8 +163,8 @@ def stand_ins(tmp_path, monkeypatch, tiny_files):
     monkeypatch.setenv("GIGATOK_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for entry in zoo.list_pretrained():
-        tiny = dataclasses.replace(entry, config=TINY_CONFIG.stem,
-                                   gpt_model="debug" if entry.kind == "gpt" else None)
+        tiny = dataclasses.replace(entry, config=TINY_CONFIG.stem, gpt_model="debug" if entry.kind == "gpt" else None,
+                                   gpt_2d=False, image_size=load_config(TINY_CONFIG).model.init_args.image_size)
         monkeypatch.setitem(zoo.PRETRAINED, entry.name, tiny)
         shutil.copy(tiny_files[entry.kind], torch_home / "hub" / "checkpoints" / entry.filename)
     monkeypatch.chdir(work)
