@@ -23,11 +23,24 @@ TINY = ["--quantizers", "vq,fsq", "--vq-steps", "3", "--vq-batch-size", "8", "--
 def test_every_quantizer_gets_an_implicit_codebook_of_the_same_size(codebook_size):
     config = REPO / "configs" / "vq" / "VQ_demo_2d.yaml"
     for name in zoo.QUANTIZERS:
-        overrides, _ = zoo.quantizer_overrides(name, codebook_size)
+        overrides, _ = zoo.quantizer_overrides(name, codebook_size, lr=1e-4)
         # load_config refuses lfq / fsq settings whose implicit codebook is not codebook_size
         init = load_config(config, overrides + [f"--model.init_args.codebook_size={codebook_size}"]).model.init_args
         assert init.quantizer == name and init.codebook_size == codebook_size
     assert sorted(zoo.QUANTIZERS) == sorted(QUANTIZERS)  # the bench covers the whole zoo
+
+
+def test_fsq_learning_rate_is_capped_and_only_fsq_s():
+    """At the demo's lr (3e-3) fsq trains at FSQ_MAX_LR and says so; at the official lr (1e-4) nothing changes."""
+    config = load_config(REPO / "configs" / "vq" / "VQ_demo_2d.yaml")
+    demo_lr = config.trainer.lr
+    assert demo_lr > zoo.FSQ_MAX_LR
+    overrides, text = zoo.quantizer_overrides("fsq", 256, demo_lr)
+    assert load_config(REPO / "configs" / "vq" / "VQ_demo_2d.yaml", overrides).trainer.lr == zoo.FSQ_MAX_LR
+    assert f"lr {zoo.FSQ_MAX_LR:g}" in text
+    assert not any("trainer.lr" in o for o in zoo.quantizer_overrides("fsq", 256, 1e-4)[0])
+    for name in ("vq", "simvq", "ibq", "lfq"):
+        assert not any("trainer.lr" in o for o in zoo.quantizer_overrides(name, 256, demo_lr)[0])
 
 
 def test_code_stats_counts_usage_over_what_the_held_out_set_can_fill(tmp_path):
@@ -59,7 +72,7 @@ def test_bench_writes_table_figure_json_and_a_rerun_reuses_the_runs(tmp_path, ca
         assert r["lpips"] is None or math.isfinite(r["lpips"])
         assert r["usage_target_met"] == (r["codebook_usage"] >= zoo.USAGE_TARGET)
     table = (out / "zoo.md").read_text()
-    assert "| vq |" in table and "| fsq |" in table and "levels [4,4,4,4]" in table and "zoo.png" in table
+    assert "| vq |" in table and "| fsq |" in table and "levels [16,16]" in table and "zoo.png" in table
     with Image.open(out / "zoo.png") as figure:
         assert figure.size[0] > 300 and figure.size[1] > 3 * 16  # ground truth + one row per quantizer
     stamps = {p.name: json.loads(p.read_text())["stamp"] for p in (out / "stages").glob("*.json")}
