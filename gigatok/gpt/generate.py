@@ -176,7 +176,7 @@ def generate(gpt: GPT, labels: torch.Tensor, num_tokens: int, cfg_scale: float =
     Needs no process group. The model is put in eval mode for the call; afterwards its train/eval mode is
     restored and the caches are removed, so it can train again right away. No decode step reads a value back to
     the host (positions, guidance and draws stay on the device), so on a GPU the steps queue up without waiting;
-    `sampler="sjd"` reads one count per verification pass, by design.
+    `sampler="sjd"` reads its (B, T) acceptance tests back once per verification pass, by design.
 
     Args:
         gpt: the model (any dtype/device; caches take the token embedding's).
@@ -419,7 +419,9 @@ def _sjd_decode(gpt: GPT, cond: torch.Tensor, codes: torch.Tensor, plan: list[fl
     codes.copy_(torch.randint(k, (b, num_tokens), generator=gen, device=device))  # initial drafts, q = 1 / K
     q = torch.full((b, window, k), 1.0 / k, device=device)  # draft distributions of codes n .. n + W - 1
     e = sampling.noise((b, window, k), device) if fixed_noise else None  # fixed draft noise of the same codes
-    final = torch.zeros(b, dtype=torch.long, device=device)  # codes < final are final, per row
+    # The bookkeeping of who accepted what runs on the host from the one read-back per pass (the acceptance tests,
+    # (B, T) bools): at batch 1 the pass is overhead-bound, and this keeps its tensor ops to about 40.
+    final = [0] * b  # codes < final[r] are final in row r
     n, forwards, verified, accepted = 0, 0, 0, 0
     while n < num_tokens:
         t = min(window, num_tokens - n)  # codes n .. n + t - 1 are predicted by this pass
@@ -433,34 +435,48 @@ def _sjd_decode(gpt: GPT, cond: torch.Tensor, codes: torch.Tensor, plan: list[fl
             x = torch.cat([x, x]) if sampling.use_cfg else x  # (R, T)
             logits = gpt.forward_cached(positions[c + n - 1:c + n - 1 + t], codes=x, kv_len=c + n - 1 + t)
         forwards += 1
-        probs = sampling.probs(sampling.guide(logits, scales[n:n + t, None], guided[n:n + t, None]))  # (B, T, K)
+        window_plan = set(plan[n:n + t])
+        if len(window_plan) == 1:  # one scale (or none) for the whole window: guide with a number
+            guided_logits = sampling.guide(logits, window_plan.pop())
+        else:
+            guided_logits = sampling.guide(logits, scales[n:n + t, None], guided[n:n + t, None])
+        probs = sampling.probs(guided_logits)  # (B, T, K)
         drafts, q_win = codes[:, n:n + t], q[:, :t]  # (B, T), (B, T, K)
-        p_d = probs.gather(-1, drafts[..., None])[..., 0]  # (B, T)
-        q_d = q_win.gather(-1, drafts[..., None])[..., 0]
+        p_d = probs.gather(-1, drafts[..., None])  # (B, T, 1)
+        q_d = q_win.gather(-1, drafts[..., None])
         u = torch.rand((b, t), generator=gen, device=device)
-        idx = torch.arange(t, device=device)
-        already = (n + idx)[None, :] < final[:, None]  # (B, T) final in an earlier pass
-        ok = (u * q_d < p_d) | already  # accept with probability min(1, p / q)
-        first_bad = torch.where(ok.all(1), t, (~ok).int().argmax(1))  # (B,), t: every draft accepted
-        at = first_bad.clamp(max=t - 1)
-        p_at, q_at = probs[rows, at], q_win[rows, at]  # (B, K) at the first rejection
-        residual = (p_at - q_at).clamp(min=0)
-        residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_at)
-        fix = draw(residual, sampling.noise(residual.shape, device))  # (B, 1)
+        ok = (u[..., None] * q_d < p_d).view(b, t).tolist()  # accept with probability min(1, p / q)
+        # Per row: the first rejected draft (t: none), counting codes final in an earlier pass as accepted.
+        first_bad = [next((j for j in range(t) if not (ok[r][j] or n + j < final[r])), t) for r in range(b)]
+        noise_fix = sampling.noise((b, k), device)  # drawn before the Jacobi noise, whatever the rows need
         noise = e[:, :t] if fixed_noise else sampling.noise(probs.shape, device)
-        fresh = draw(probs, noise)[..., 0]  # (B, T) Jacobi update of later drafts
-        later = idx[None, :] > first_bad[:, None]  # (B, T)
-        new = torch.where(later, fresh, drafts)
-        rejected = (first_bad < t)[:, None]
-        new.scatter_(1, at[:, None], torch.where(rejected, fix, new.gather(1, at[:, None])))
-        codes[:, n:n + t] = new
-        q[:, :t] = torch.where(later[..., None], probs, q_win)
-        new_final = n + torch.minimum(first_bad + 1, torch.full_like(first_bad, t))
-        checked = new_final - torch.maximum(final, torch.full_like(final, n))  # drafts verified, per row
-        counts = torch.stack([checked.sum(), (checked - rejected[:, 0].long()).sum(), new_final.min()]).tolist()
-        verified, accepted = verified + counts[0], accepted + counts[1]
+        if len(set(first_bad)) == 1:  # every row stops at the same draft (always at batch 1): slices, no masks
+            j = first_bad[0]
+            if j < t:  # the rejected draft is redrawn from max(0, p - q), renormalised (p where that is all 0)
+                residual = (probs[:, j] - q_win[:, j]).clamp(min=0)  # (B, K)
+                residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, probs[:, j])
+                codes[:, n + j:n + j + 1] = draw(residual, noise_fix)
+            codes[:, n + j + 1:n + t] = draw(probs[:, j + 1:], noise[:, j + 1:])[..., 0]  # Jacobi update of later
+            q[:, j + 1:t] = probs[:, j + 1:]  # drafts, and their draft distributions
+        else:
+            at_t = torch.tensor([min(j, t - 1) for j in first_bad], device=device)
+            p_at, q_at = probs[rows, at_t], q_win[rows, at_t]  # (B, K) at the first rejection
+            residual = (p_at - q_at).clamp(min=0)
+            residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_at)
+            fix = draw(residual, noise_fix)  # (B, 1)
+            fresh = draw(probs, noise)[..., 0]  # (B, T) Jacobi update of later drafts
+            # masks[0]: later than the first rejection (new drafts); masks[1]: the rejected draft (resampled)
+            masks = torch.tensor([[[j > first_bad[r] for j in range(t)] for r in range(b)],
+                                  [[j == first_bad[r] for j in range(t)] for r in range(b)]], device=device)
+            codes[:, n:n + t] = torch.where(masks[0], fresh, torch.where(masks[1], fix, drafts))
+            q[:, :t] = torch.where(masks[0, ..., None], probs, q_win)
+        new_final = [n + min(j + 1, t) for j in first_bad]
+        for r in range(b):
+            checked = new_final[r] - max(final[r], n)  # drafts verified in row r
+            verified += checked
+            accepted += checked - (first_bad[r] < t)
         final = new_final
-        step = counts[2] - n  # the one value read back per pass: how far every row got
+        step = min(final) - n  # rows advance in lockstep from the slowest
         q = torch.cat([q[:, step:], torch.full((b, step, k), 1.0 / k, device=device)], dim=1)
         if fixed_noise:  # codes entering the window get their noise
             e = torch.cat([e[:, step:], sampling.noise((b, step, k), device)], dim=1)
