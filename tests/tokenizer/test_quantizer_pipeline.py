@@ -4,7 +4,7 @@ K) -> train_c2i -> sample_c2i_visualization (codes in [0, K)).
 
 The quantizers are selected by CLI overrides of the debug YAMLs (`QUANTIZER_OVERRIDES`), as a user would. To keep
 CI short, each quantizer runs the whole chain on one of the two tokenizers (alternating 1D / 2D) and only trains on
-the other one; resume after SIGKILL runs for lfq and fsq (slow). The parity of each quantizer with its reference
+the other one; resume after SIGKILL runs for every quantizer but vq (whose resume is tests/stages/test_train_vq.py's; slow). The parity of each quantizer with its reference
 is tests/tokenizer/test_quantizers.py.
 """
 from __future__ import annotations
@@ -151,9 +151,9 @@ def test_each_quantizer_trains_in_the_other_tokenizer(quantizer, digits, tmp_pat
 
 
 @pytest.mark.slow
-# lfq and fsq hold constant buffers outside the checkpoint, ibq a softmax-trained codebook; simvq is vq plus an
-# ordinary linear layer (its resume path is vq's, tested in tests/stages/test_train_vq.py)
-@pytest.mark.parametrize("quantizer, dim", [("lfq", "1d"), ("fsq", "2d"), ("ibq", "1d")])
+# lfq and fsq hold constant buffers outside the checkpoint, ibq a softmax-trained codebook, simvq a frozen codebook
+# (no optimizer state) under a trained linear map
+@pytest.mark.parametrize("quantizer, dim", [("lfq", "1d"), ("fsq", "2d"), ("ibq", "1d"), ("simvq", "2d")])
 def test_resume_after_sigkill_is_exact(quantizer, dim, digits, tmp_path):
     from stages.test_train_vq import assert_same_metrics, run_killed_then_resumed
 
