@@ -134,6 +134,8 @@ def sample_quality(command: list[str], demo_dir: Path, seeds: list[int], window:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from gigatok.api import load_gpt
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     demo_dir = Path(args.demo_dir)
     command = recorded_samples_command(demo_dir)
     argv = command[1:]
@@ -158,12 +160,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--demo-dir", default="results/demo", help="the CPU demo's output folder (default: %(default)s)")
+    parser.add_argument("--demo-dir", default="results/demo",
+                        help="the CPU demo's output folder (default: %(default)s)")
     parser.add_argument("--images", type=int, default=50, help="images timed at batch 1 per sampler and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (the median is reported)")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2],
                         help="quality: sampling seeds per sampler, comma-separated (default: 0,1,2)")
     parser.add_argument("--window", type=int, default=16, help="SJD drafts verified per forward pass")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads of the timing (default: torch's choice; the tiny demo GPT decodes "
+                             "fastest with 1)")
     parser.add_argument("--skip-quality", action="store_true", help="only the speed and greedy figures")
     parser.add_argument("--out", default=None, help="also write the JSON object to this file")
 

@@ -417,10 +417,16 @@ def _sjd_decode(gpt: GPT, cond: torch.Tensor, codes: torch.Tensor, plan: list[fl
     guided = torch.tensor([s is not None for s in plan], device=device)  # (L,) bool
     rows = torch.arange(b, device=device)
     codes.copy_(torch.randint(k, (b, num_tokens), generator=gen, device=device))  # initial drafts, q = 1 / K
-    q = torch.full((b, window, k), 1.0 / k, device=device)  # draft distributions of codes n .. n + W - 1
-    e = sampling.noise((b, window, k), device) if fixed_noise else None  # fixed draft noise of the same codes
+    # Draft distributions q (and with fixed noise the draft noise e) of codes n .. n + W - 1 live in a 2W-slot buffer
+    # that the window slides through (slot = code - base), moved back to its front only when it reaches the end, so
+    # a pass appends nothing: slots ahead of the window still hold their initial q = 1 / K.
+    q_buf = torch.full((b, 2 * window, k), 1.0 / k, device=device)
+    e_buf = torch.empty((b, 2 * window, k), device=device) if fixed_noise else None
+    if fixed_noise:
+        e_buf[:, :window].exponential_(1, generator=gen)  # the fixed noise of the first W codes
+    base = 0
     # The bookkeeping of who accepted what runs on the host from the one read-back per pass (the acceptance tests,
-    # (B, T) bools): at batch 1 the pass is overhead-bound, and this keeps its tensor ops to about 40.
+    # (B, T) bools): at batch 1 the pass is overhead-bound, and this keeps its tensor ops to about 30.
     final = [0] * b  # codes < final[r] are final in row r
     n, forwards, verified, accepted = 0, 0, 0, 0
     while n < num_tokens:
@@ -441,6 +447,8 @@ def _sjd_decode(gpt: GPT, cond: torch.Tensor, codes: torch.Tensor, plan: list[fl
         else:
             guided_logits = sampling.guide(logits, scales[n:n + t, None], guided[n:n + t, None])
         probs = sampling.probs(guided_logits)  # (B, T, K)
+        q = q_buf[:, n - base:n - base + window]  # (B, W, K) views of the window's slots
+        e = e_buf[:, n - base:n - base + window] if fixed_noise else None
         drafts, q_win = codes[:, n:n + t], q[:, :t]  # (B, T), (B, T, K)
         p_d = probs.gather(-1, drafts[..., None])  # (B, T, 1)
         q_d = q_win.gather(-1, drafts[..., None])
@@ -477,9 +485,15 @@ def _sjd_decode(gpt: GPT, cond: torch.Tensor, codes: torch.Tensor, plan: list[fl
             accepted += checked - (first_bad[r] < t)
         final = new_final
         step = min(final) - n  # rows advance in lockstep from the slowest
-        q = torch.cat([q[:, step:], torch.full((b, step, k), 1.0 / k, device=device)], dim=1)
-        if fixed_noise:  # codes entering the window get their noise
-            e = torch.cat([e[:, step:], sampling.noise((b, step, k), device)], dim=1)
         n += step
+        if n - base + window > 2 * window:  # the window would leave the buffer: move its live slots to the front
+            live = window - step
+            q_buf[:, :live] = q_buf[:, n - base:n - base + live]  # no overlap: n - base > W >= live
+            q_buf[:, live:] = 1.0 / k
+            if fixed_noise:
+                e_buf[:, :live] = e_buf[:, n - base:n - base + live]
+            base = n
+        if fixed_noise:  # the codes entering the window get their noise
+            e_buf[:, n - base + window - step:n - base + window].exponential_(1, generator=gen)
     return {"forwards": forwards, "iterations": forwards,
             "acceptance_rate": accepted / verified if verified else 0.0}
