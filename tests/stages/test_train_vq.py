@@ -381,7 +381,9 @@ def test_fsdp_two_ranks_train_and_resume(photos, tmp_path):
 
 # -- learning --------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [CONFIG, CONFIG_2D], ids=["1d", "2d"])
+# The 2D debug tokenizer; the 1D tokenizer's learning is test_reduced_1d_demo_learns_visibly's (tests/stages/
+# test_demo.py: the demo's 1D tokenizer through train_vq, held-out PSNR and usage), which CI runs anyway.
+@pytest.mark.parametrize("config", [CONFIG_2D], ids=["2d"])
 def test_reconstruction_improves_and_codebook_stays_used(config, tmp_path):
     data = write_digits(tmp_path / "digits", 16)
     tic = time.time()
