@@ -42,18 +42,32 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 import torch
 
 from gigatok.bench.gpu_parts import (  # noqa: F401 - re-exported: the report's constants
     FSDP_TOLERANCE,
     PART_BUDGET_S,
-    PART_FUNCTIONS,
     PARTS,
     TOLERANCES,
     Check,
     _free_cuda,
 )
+from gigatok.bench.gpu_parts_eval import part_adm_inception, part_seed_commands
+from gigatok.bench.gpu_parts_sampling import part_generation
+from gigatok.bench.gpu_parts_train import (
+    part_fsdp_world1,
+    part_gpt_train,
+    part_tokenizer_precision,
+    part_tokenizer_xl_xxl_train,
+)
+
+PART_FUNCTIONS: dict[str, Callable[[Check], dict]] = {
+    "tokenizer_precision": part_tokenizer_precision, "tokenizer_xl_xxl_train": part_tokenizer_xl_xxl_train,
+    "fsdp_world1": part_fsdp_world1, "gpt_train": part_gpt_train, "generation": part_generation,
+    "adm_inception": part_adm_inception, "seed_commands": part_seed_commands,
+}
 
 # ---------------------------------------------------------------------------------------------------------------
 # The runner
