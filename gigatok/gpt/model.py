@@ -133,6 +133,7 @@ class GPT(nn.Module):
         # A plain float32 attribute, not a buffer: it stays out of the state_dict (official checkpoints have no
         # freqs_cis) and a whole-model `.to(bfloat16)` cannot round it. Moved to the activations' device on use.
         self.freqs_cis = self._build_rope_table()
+        self.window_mask: torch.Tensor | None = None  # made by setup_caches (see there)
         self.init_weights()
 
     # ----------------------------------------------------------------------------------------------------------
@@ -276,6 +277,10 @@ class GPT(nn.Module):
         for layer in self.layers:
             attn = layer.attention
             attn.kv_cache = KVCache(max_batch_size, s_max, attn.n_kv_head, attn.head_dim, dtype, device)
+        # Additive causal mask (0 on and below the diagonal, -inf above) whose rows kv_len - T .. kv_len - 1 serve a
+        # window of T new positions (speculative decoding), made once per cache: a boolean mask built per call would
+        # cost its construction and SDPA's conversion to this form on every pass.
+        self.window_mask = torch.full((s_max, s_max), float("-inf"), dtype=dtype, device=device).triu_(1)
         if self.freqs_cis is not None:
             self.freqs_cis = self.freqs_cis.to(device)
         return s_max
@@ -284,6 +289,7 @@ class GPT(nn.Module):
         """Detach and free every KV cache (the model then only runs teacher-forced forwards)."""
         for layer in self.layers:
             layer.attention.kv_cache = None
+        self.window_mask = None
 
     @property
     def has_caches(self) -> bool:
@@ -299,10 +305,11 @@ class GPT(nn.Module):
                 the class token only).
             labels: (R,) int64 classes, given only when position 0 is among `input_pos` (prefill).
             kv_len: the number of filled cache slots after this call (= last position + 1), as a Python int, when
-                the caller knows it. Attention then runs over that prefix only, with no mask for one new position
-                or a prefill (else a (T, kv_len) causal mask), instead of over the whole cache under a mask (3x
-                less attention work on average, and SDPA's masked CPU kernel is slow). Leave it None under
-                torch.compile / CUDA graphs, which want static shapes.
+                the caller knows it; `input_pos` must then be the T consecutive positions kv_len - T .. kv_len - 1.
+                Attention then runs over that prefix only, with no mask for one new position or a prefill (else a
+                (T, kv_len) causal mask), instead of over the whole cache under a mask (3x less attention work on
+                average, and SDPA's masked CPU kernel is slow). Leave it None under torch.compile / CUDA graphs,
+                which want static shapes.
 
         Returns:
             logits: (R, T, K) float32 for the T new positions.
@@ -315,9 +322,8 @@ class GPT(nn.Module):
             mask = None  # one query sees the whole prefix; a prefill from 0 is plain causal over the prefix
         elif kv_len is not None:
             # a window of T new positions after a filled prefix (speculative decoding): the first kv_len slots,
-            # each position seeing the slots up to itself
-            mask = torch.arange(kv_len, device=h.device)[None, :] <= input_pos[:, None]  # (T, kv_len) bool
-            mask = mask[None, None]  # (1, 1, T, kv_len)
+            # each position seeing the slots up to itself (input_pos = kv_len - T .. kv_len - 1, see above)
+            mask = self.window_mask[kv_len - s:kv_len, :kv_len][None, None]  # (1, 1, T, kv_len) additive
         else:
             kv_len = None
             s_max = self.layers[0].attention.kv_cache.max_seq_length

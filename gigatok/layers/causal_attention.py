@@ -59,7 +59,8 @@ class CausalSelfAttention(nn.Module):
             x: (B, T, D) normalised hidden states.
             rope: (T, Dh/2, 2) cos/sin rows for these positions, or None (no rotary embedding).
             input_pos: (T,) int64 absolute positions; given = cached decoding (a cache must be attached).
-            mask: boolean (1 or B, 1, T, Tmax), True = may attend; with `input_pos`, required unless `kv_len`.
+            mask: (1 or B, 1, T, Tmax or kv_len), boolean (True = may attend) or additive (0 / -inf); with
+                `input_pos`, required unless `kv_len`.
             kv_len: with `input_pos` and no mask: attend over cache slots [0, kv_len) only, causally when T > 1
                 (valid for one new token, or a prefill of slots 0..T-1).
 
@@ -89,6 +90,8 @@ class CausalSelfAttention(nn.Module):
             # grouped-query attention: every key/value head serves n_head // n_kv_head consecutive query heads
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, Tk, Dh)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # an additive mask follows the queries (autocast)
         out = F.scaled_dot_product_attention(
             q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, is_causal=mask is None and s > 1,
             dropout_p=self.attn_dropout_p if self.training else 0.0,
