@@ -4,7 +4,8 @@ A `Stage` is one step: an entry point run as `python -m <module> <flags>` (or an
 that proves it finished, the outputs to delete when it must start over, and the stages whose outputs it reads.
 `StageRunner.run` keeps a record per stage in `<out>/stages/<name>.json`: a stage is reused when its artifact
 exists and its record holds the same key (a hash of its command, its settings and the identities of the stages it
-reads); a stage whose key changed starts over (its outputs are deleted first); an interrupted one is run again (the
+reads, with the output folder and the checkout as placeholders, so a moved output folder is reused); a stage whose
+key changed starts over (its outputs are deleted first); an interrupted one is run again (the
 entry points resume from their checkpoints). Each stage's output goes to the terminal and to
 `<out>/logs/<name>.log`, and its record keeps its wall time and CPU time (user + system, of this process and of
 its children, warm-started ones included).
@@ -118,10 +119,16 @@ class StageRunner:
         if self.launcher is not None:
             self.launcher.close()
 
-    def key(self, stage: Stage) -> str:
+    def key(self, stage: Stage, portable: bool = True) -> str:
+        """The stage's identity: its command, settings and the stamps of the stages it reads. `portable`: with the
+        output folder and the checkout written as placeholders, so that a moved or copied output folder (or
+        checkout) keeps every key; False gives the keys of records written before placeholders (still accepted)."""
         deps = {d: self.records[d]["stamp"] for d in stage.deps}
         text = json.dumps({"v": self.version, "command": stage.command, "params": stage.params, "deps": deps},
                           sort_keys=True, default=str)
+        if portable:  # the output folder first: it usually lies inside the checkout (the stages' paths are absolute)
+            for path, name in ((self.out.resolve(), "<out>"), (self.root.resolve(), "<root>")):
+                text = text.replace(str(path), name)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def run(self, stage: Stage, index: int, total: int) -> dict[str, Any]:
@@ -130,7 +137,14 @@ class StageRunner:
         key, old = self.key(stage), read_json(record_path)
         header = f"[{self.label} {index}/{total}] {stage.name}: {stage.title}"
         artifact = stage.artifact()
+        if old and old.get("key") != key and old.get("key") == self.key(stage, portable=False):
+            old = {**old, "key": key}  # a record from before the portable keys: the same stage, its key upgraded
+            write_json_atomic(record_path, old)
         if old and old.get("key") == key and old.get("status") == "done" and artifact is not None:
+            now = json.loads(json.dumps({"command": stage.command, "params": stage.params}, default=str))
+            if (old.get("command"), old.get("params")) != (now["command"], now["params"]):  # a moved folder: the
+                old = {**old, **now}  # record names where the stage's files are now
+                write_json_atomic(record_path, old)
             print(f"{header} -- reused (done in an earlier run, {old['wall_s']:.1f} s)", flush=True)
             self.records[stage.name] = {**old, "reused": True}
             return self.records[stage.name]

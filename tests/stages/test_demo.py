@@ -204,6 +204,42 @@ def test_runner_reuses_reruns_on_changed_commands_and_inputs_and_reports_failure
             runner.run(stage("bad", ["--no-such-flag"]), 1, 1)
 
 
+def test_a_moved_output_folder_reuses_its_stages_and_old_records_are_upgraded(tmp_path, capsys):
+    """Keys hold the output folder and the checkout as placeholders: a copied --out folder reuses every stage (its
+    commands name the new folder). A record written with the older, absolute-path key is reused once and upgraded."""
+    def stages(out: Path) -> list[Stage]:
+        def artifact(name: str):
+            return lambda: out / name if (out / name).exists() else None
+        # json.tool --help ignores the path it is given; the key still holds it, as real stages' keys hold theirs
+        return [Stage("a", "a", artifact("a"), [out / "a"], [], ["json.tool", "--help", str(out / "data")]),
+                Stage("b", "b", artifact("b"), [out / "b"], ["a"], ["json.tool", "--help", str(out / "a")])]
+
+    def run_all(out: Path) -> list[dict]:
+        with StageRunner(out, threads=1, warm=False) as runner:
+            return [runner.run(stage, i + 1, 2) for i, stage in enumerate(stages(out))]
+
+    first = tmp_path / "first"
+    for name in ("a", "b"):
+        (first / name).mkdir(parents=True)
+    assert not any(r["reused"] for r in run_all(first))
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    assert all(r["reused"] for r in run_all(moved))
+    record_b = json.loads((moved / "stages" / "b.json").read_text())  # it now names the moved files
+    assert record_b["command"][-1] == str(moved / "a")
+    # An old record: the key of the same stage without placeholders.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(first, legacy)
+    with StageRunner(legacy, threads=1, warm=False) as runner:
+        stage_a = stages(legacy)[0]
+        record = json.loads((legacy / "stages" / "a.json").read_text())
+        record["key"] = runner.key(stage_a, portable=False)
+        (legacy / "stages" / "a.json").write_text(json.dumps(record))
+        assert record["key"] != runner.key(stage_a)
+        assert runner.run(stage_a, 1, 1)["reused"]
+        assert json.loads((legacy / "stages" / "a.json").read_text())["key"] == runner.key(stage_a)
+
+
 @pytest.mark.parametrize("warm", [True, False], ids=["warm-start", "subprocess"])
 def test_a_stage_stopped_by_ctrl_c_is_reported_as_an_interruption(tmp_path, monkeypatch, warm):
     """A stage that got Ctrl-C first (exit code 130) makes the runner raise KeyboardInterrupt, which run_demo turns
