@@ -28,8 +28,8 @@ from PIL import Image
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from gigatok.builders import FSQ_MODELS, fsq_tokenizer_config, load_tokenizer, parse_fsq_levels
-from gigatok.config import ConfigError, VQConfig, load_config
+from gigatok.builders import FSQ_MODELS, load_tokenizer, resolve_tokenizer_ref
+from gigatok.config import TokenizerRef, VQConfig, load_config
 from gigatok.data.codes import (
     FAST_HASH_ALGORITHM,
     FORMAT_VERSION,
@@ -202,17 +202,14 @@ def build_meta(args: argparse.Namespace, config_name: str, model_cls: str, codeb
 
 def tokenizer_config(args: argparse.Namespace) -> tuple[VQConfig, str]:
     """(config, name for records) of the tokenizer: --model-config, or with --quant-way fsq the official FSQ
-    tokenizer of --fsq-model / --levels at --image-size (default 256), whose checkpoint --fsq-ckpt then fills
-    `args.vq_ckpt` (the one tokenizer checkpoint every later step reads)."""
+    tokenizer of --fsq-model / --levels at --image-size (default 256; `resolve_tokenizer_ref`), whose checkpoint
+    --fsq-ckpt then fills `args.vq_ckpt` (the one tokenizer checkpoint every later step reads)."""
     if args.quant_way != "fsq":
         return load_config(args.model_config), Path(args.model_config).name
-    try:
-        levels = parse_fsq_levels(args.levels)
-        config = fsq_tokenizer_config(args.fsq_model, levels, args.image_size or 256)
-    except ConfigError as err:
-        raise UserError(str(err)) from None
-    args.vq_ckpt = args.fsq_ckpt
-    return config, f"{args.fsq_model} levels {levels}"
+    config, args.vq_ckpt, name = resolve_tokenizer_ref(TokenizerRef(
+        quant_way="fsq", fsq_model=args.fsq_model, fsq_ckpt=args.fsq_ckpt, levels=args.levels,
+        image_size=args.image_size))
+    return config, name
 
 
 def extract(args: argparse.Namespace) -> Path:
