@@ -12,7 +12,7 @@
         [--official-root PATH] [--inception-weights PATH|random] [--parts a,b,...]   (see gigatok.bench.gpu_check)
 
     python -m gigatok.bench sjd [--demo-dir results/demo] [--images 50] [--rounds 3] [--seeds 0,1,2]
-        [--window 16] [--threads N] [--skip-quality](see gigatok.bench.sjd_demo)
+        [--window 16] [--threads N] [--skip-quality]  (see gigatok.bench.sjd_demo)
 
     python -m gigatok.bench eval [--num-images 128] [--image-size 256] [--batch-size 64] [--threads N]
         [--weights PATH] [--rounds 2]
